@@ -1,0 +1,52 @@
+"""The event contract: topics, the CloudEvents envelope and the versioned payloads."""
+
+from .envelope import Event, Headers, InvalidEvent, decode_event, headers_to_dict
+from .payloads import (
+    EVENT_PAYLOADS,
+    AliasMovedV1,
+    CleanedRecordV1,
+    DatasetVersionCreatedV1,
+    DeploymentResultV1,
+    DeploymentState,
+    EventPayload,
+    Hyperparameters,
+    JobState,
+    ModelReadyV1,
+    ModelVersionRegisteredV1,
+    RawRecordV1,
+    Split,
+    TrainingRequestedV1,
+    TrainingStatusV1,
+    UpstreamRecord,
+    content_hash,
+    record_key,
+)
+from .topics import Topic, dead_letter_topic
+
+__all__ = [
+    "EVENT_PAYLOADS",
+    "AliasMovedV1",
+    "CleanedRecordV1",
+    "DatasetVersionCreatedV1",
+    "DeploymentResultV1",
+    "DeploymentState",
+    "Event",
+    "EventPayload",
+    "Headers",
+    "Hyperparameters",
+    "InvalidEvent",
+    "JobState",
+    "ModelReadyV1",
+    "ModelVersionRegisteredV1",
+    "RawRecordV1",
+    "Split",
+    "Topic",
+    "TrainingRequestedV1",
+    "TrainingStatusV1",
+    "UpstreamRecord",
+    "content_hash",
+    "dead_letter_topic",
+    "decode_event",
+    "headers_to_dict",
+    "record_key",
+]

@@ -1,0 +1,84 @@
+"""Settings shared by every service.
+
+Each service derives one ``ServiceSettings`` subclass with ``service_config("<name>")``, which
+reads ``LMFORGE_<NAME>_*`` variables (nested fields use ``__``, e.g.
+``LMFORGE_INGEST_KAFKA__BOOTSTRAP_SERVERS``). Defaults run on one machine with no configuration.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KafkaSettings(BaseModel):
+    """Where the broker is and how producers and consumers behave."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    # Real Kafka supports idempotent producers; Tansu rejects InitProducerId, so it is a setting.
+    enable_idempotence: bool = False
+    request_timeout_ms: int = 30_000
+    # Producer: how long a record may wait for the broker before the send fails.
+    delivery_timeout_ms: int = 30_000
+    linger_ms: int = 5
+    # Consumer batch and group behaviour.
+    max_batch_size: int = 500
+    poll_timeout_ms: int = 500
+    session_timeout_ms: int = 30_000
+    heartbeat_interval_ms: int = 3_000
+    max_poll_interval_ms: int = 300_000
+    auto_offset_reset: str = "earliest"
+    # Failure handling: attempts per record before it goes to <topic>.dlq.
+    max_attempts: int = 3
+    retry_backoff_initial_s: float = 0.2
+    retry_backoff_max_s: float = 5.0
+    # Create missing topics (and their DLQs) at start-up; production clusters may manage topics.
+    create_topics: bool = True
+    topic_partitions: int = 4
+    topic_replication_factor: int = 1
+
+
+class DatabaseSettings(BaseModel):
+    """SQLAlchemy async URL: ``sqlite+aiosqlite:///...`` (embedded) or ``postgresql+asyncpg://...``."""
+
+    url: str = "sqlite+aiosqlite:///var/lmforge.db"
+    echo: bool = False
+    pool_size: int = 5
+
+
+class ArtifactSettings(BaseModel):
+    """fsspec URL of the artifact store: a local folder by default, ``s3://bucket/prefix`` in production."""
+
+    url: str = "var/artifacts"
+    storage_options: dict[str, str] = Field(default_factory=dict)
+
+
+class HttpSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+
+class ServiceSettings(BaseSettings):
+    """Base class: one instance per service process, read from the environment and ``.env``."""
+
+    model_config = SettingsConfigDict(
+        env_nested_delimiter="__", env_ignore_empty=True, env_file=".env", extra="ignore"
+    )
+
+    service_name: str = "lmforge"
+    log_level: str = "INFO"
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    artifacts: ArtifactSettings = Field(default_factory=ArtifactSettings)
+
+
+def service_config(service: str) -> SettingsConfigDict:
+    """The settings config for one service: env prefix ``LMFORGE_<SERVICE>_``."""
+    return SettingsConfigDict(
+        env_prefix=f"LMFORGE_{service.upper()}_",
+        env_nested_delimiter="__",
+        env_ignore_empty=True,
+        env_file=".env",
+        extra="ignore",
+    )

@@ -1,0 +1,1 @@
+"""lmforge.devstack: real local servers and the embedded stack runner (``lmforge up``)."""
