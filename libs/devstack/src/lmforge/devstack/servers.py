@@ -228,6 +228,10 @@ class PostgresCluster(_ManagedServer):
         return self.url(name)
 
 
+def _has_cuda_device() -> bool:
+    return Path("/dev/nvidiactl").exists()
+
+
 def _site_packages() -> Path:
     return Path(sysconfig.get_paths()["purelib"])
 
@@ -235,9 +239,9 @@ def _site_packages() -> Path:
 class TritonServer(_ManagedServer):
     """NVIDIA Triton 2.51 from nvidia-pytriton, on the CPU, in explicit model-control mode.
 
-    ``PLATFORM.md`` explains the two environment fixes: ``LD_LIBRARY_PATH`` starts with this
-    interpreter's library folder and the wheel's bundled libraries, and ``PYTHONPATH`` holds this
-    environment's site-packages so a ``model.py`` can import numpy, torch and transformers.
+    Two environment fixes make its python backend work (docs/platform.md): ``LD_LIBRARY_PATH``
+    starts with this interpreter's library folder and the wheel's bundled libraries, and ``PATH``
+    starts with this environment's ``bin/`` so the stub's embedded Python uses this virtualenv.
     """
 
     name = "triton"
@@ -256,6 +260,7 @@ class TritonServer(_ManagedServer):
         self.grpc_port = grpc_port or free_port()
         self.metrics_port = metrics_port or free_port()
         self.log_path = workdir / "triton.log"
+        self.pinned_memory_bytes = 0 if not _has_cuda_device() else 256 * 1024 * 1024
 
     @property
     def http_url(self) -> str:
@@ -289,10 +294,11 @@ class TritonServer(_ManagedServer):
         if env.get("LD_LIBRARY_PATH"):
             ld.append(env["LD_LIBRARY_PATH"])
         env["LD_LIBRARY_PATH"] = ":".join(p for p in ld if p)
-        pythonpath = [str(_site_packages())]
-        if env.get("PYTHONPATH"):
-            pythonpath.append(env["PYTHONPATH"])
-        env["PYTHONPATH"] = ":".join(pythonpath)
+        # The python-backend stub embeds Python in isolated mode: it ignores PYTHONPATH and takes
+        # the first ``python3`` on PATH as sys.executable, then builds sys.path from it. With this
+        # environment's bin/ first, the stub runs inside this virtualenv (its numpy<2, torch and
+        # transformers) instead of the base interpreter's site-packages. See docs/platform.md.
+        env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
         return env
 
     def start(self) -> None:
@@ -310,7 +316,10 @@ class TritonServer(_ManagedServer):
                 f"--grpc-port={self.grpc_port}",
                 f"--metrics-port={self.metrics_port}",
                 "--allow-gpu-metrics=false",
-                "--log-verbose=0",
+                # No CUDA here: a pinned-memory pool cannot be allocated, and python-backend
+                # outputs then arrive empty. CPU-only servers run without one.
+                f"--pinned-memory-pool-byte-size={self.pinned_memory_bytes}",
+                "--log-verbose=" + os.environ.get("LMFORGE_TRITON_LOG_VERBOSE", "0"),
                 "--exit-timeout-secs=5",
             ],
             env=self.environment(),

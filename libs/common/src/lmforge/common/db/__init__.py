@@ -1,0 +1,17 @@
+"""Database helpers: async engines by URL, the inbox, the outbox and the Alembic pattern."""
+
+from .engine import Database, create_engine
+from .inbox import Inbox
+from .migrations import run_alembic_env, upgrade_database, upgrade_database_sync
+from .outbox import Outbox, OutboxRelay
+
+__all__ = [
+    "Database",
+    "Inbox",
+    "Outbox",
+    "OutboxRelay",
+    "create_engine",
+    "run_alembic_env",
+    "upgrade_database",
+    "upgrade_database_sync",
+]

@@ -1,0 +1,49 @@
+"""The idempotent-consumer inbox.
+
+A handler claims ``(consumer group, event id)`` in the *same transaction* as its own writes. The
+claim is an ``INSERT .. ON CONFLICT DO NOTHING``: on a redelivery it inserts nothing, the
+handler skips its work, and the side effects stay exactly-once.
+
+    async with db.sessions.begin() as session:
+        if not await inbox.claim(session, GROUP, event.id):
+            return                      # already handled
+        session.add(Thing(...))         # committed together with the claim
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import Column, DateTime, MetaData, String, Table
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.ext.asyncio import AsyncSession
+
+
+class Inbox:
+    def __init__(self, metadata: MetaData, table_name: str = "inbox") -> None:
+        self.table = Table(
+            table_name,
+            metadata,
+            Column("consumer_group", String(200), primary_key=True),
+            Column("event_id", String(200), primary_key=True),
+            Column("received_at", DateTime(timezone=True), nullable=False),
+        )
+
+    async def claim(self, session: AsyncSession, consumer_group: str, event_id: str) -> bool:
+        """True if this event is new for this group (and is now recorded); False if seen before."""
+        values = {
+            "consumer_group": consumer_group,
+            "event_id": event_id,
+            "received_at": datetime.now(UTC),
+        }
+        dialect = session.get_bind().dialect.name
+        if dialect == "postgresql":
+            stmt = postgresql.insert(self.table).values(**values).on_conflict_do_nothing()
+        elif dialect == "sqlite":
+            stmt = sqlite.insert(self.table).values(**values).on_conflict_do_nothing()  # type: ignore[assignment]
+        else:
+            raise NotImplementedError(f"inbox: unsupported dialect {dialect}")
+        result = await session.execute(stmt)
+        assert isinstance(result, CursorResult)
+        return bool(result.rowcount == 1)

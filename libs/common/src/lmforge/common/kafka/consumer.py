@@ -1,0 +1,381 @@
+"""The consumer runner: consumer groups, manual commits, retries, dead letters, graceful drain.
+
+Guarantees (ARCHITECTURE.md, "Delivery semantics"):
+
+- **At-least-once.** Offsets are committed manually, after the handler has returned, so a
+  handler's side effects are durable before the offset moves. A crash before the commit means
+  redelivery; handlers make that harmless with the inbox (``lmforge.common.db.Inbox``).
+- **Per-partition order.** Records of one partition are handled one after another; partitions
+  of a batch are handled concurrently.
+- **Poison messages never block.** A handler error is retried with exponential backoff up to
+  ``max_attempts``; then the record goes to ``<topic>.dlq`` with headers naming the original
+  topic, partition, offset, the error and the attempt count, and the partition moves on.
+  ``InvalidEvent`` (undecodable, failed validation) is dead-lettered at once: retrying cannot fix it.
+- **Rebalance-safe.** When partitions are revoked, the in-flight batch stops after the records
+  being handled, the finished records are committed, and nothing unprocessed is committed.
+- **Graceful drain.** ``request_stop()`` (wired to SIGTERM) does the same, then leaves the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import ConsumerRecord
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
+
+from .. import metrics
+from ..events import Event, EventPayload, InvalidEvent, dead_letter_topic, decode_event
+from ..settings import KafkaSettings
+from ..telemetry import extract_context, get_logger, tracer
+from .admin import ensure_topics
+from .producer import BrokerUnavailable, EventProducer
+
+log = get_logger(__name__)
+
+# Headers added to a dead-lettered record (the original headers are kept as they were).
+DLQ_ORIGINAL_TOPIC = "dlq.original.topic"
+DLQ_ORIGINAL_PARTITION = "dlq.original.partition"
+DLQ_ORIGINAL_OFFSET = "dlq.original.offset"
+DLQ_ERROR = "dlq.error"
+DLQ_ERROR_TYPE = "dlq.error.type"
+DLQ_ATTEMPTS = "dlq.attempts"
+DLQ_CONSUMER_GROUP = "dlq.consumer.group"
+DLQ_FAILED_AT = "dlq.failed.at"
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    """One Kafka record as a handler sees it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    timestamp_ms: int
+
+    @classmethod
+    def from_record(cls, rec: ConsumerRecord[Any, Any]) -> InboundMessage:
+        return cls(
+            topic=rec.topic,
+            partition=rec.partition,
+            offset=rec.offset,
+            key=rec.key,
+            value=rec.value,
+            headers=tuple(rec.headers or ()),
+            timestamp_ms=rec.timestamp,
+        )
+
+    @property
+    def key_str(self) -> str | None:
+        return self.key.decode("utf-8", "replace") if self.key is not None else None
+
+    def header(self, name: str) -> str | None:
+        for k, v in reversed(self.headers):
+            if k == name:
+                return v.decode("utf-8", "replace")
+        return None
+
+    def event(
+        self, expected: type[EventPayload] | tuple[type[EventPayload], ...] | None = None
+    ) -> Event[Any]:
+        """Decode the CloudEvent; raises ``InvalidEvent`` (dead-lettered at once) if it is not one."""
+        return decode_event(self.headers, self.value, expected)
+
+
+Handler = Callable[[InboundMessage], Awaitable[None]]
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, runner: ConsumerRunner) -> None:
+        self.runner = runner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.runner._drain_for_revoke(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info("partitions assigned", group=self.runner.group_id, partitions=_fmt(assigned))
+
+
+def _fmt(tps: set[TopicPartition] | Sequence[TopicPartition]) -> list[str]:
+    return sorted(f"{tp.topic}[{tp.partition}]" for tp in tps)
+
+
+class ConsumerRunner:
+    """Runs ``handler`` for every record of ``topics`` as a member of consumer group ``group_id``."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        group_id: str,
+        topics: Sequence[str],
+        handler: Handler,
+        producer: EventProducer | None = None,
+        client_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.group_id = group_id
+        self.topics = list(topics)
+        self.handler = handler
+        self._producer = producer
+        self._owns_producer = producer is None
+        self._client_id = client_id or group_id
+        self._consumer: AIOKafkaConsumer | None = None
+        self._stopping = asyncio.Event()
+        self._abort_batch = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        if s.create_topics:
+            await ensure_topics(s, [*self.topics, *(dead_letter_topic(t) for t in self.topics)])
+        if self._producer is None:
+            self._producer = EventProducer(s, source=f"lmforge/{self.group_id}")
+        if not self._producer.started:
+            await self._producer.start()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap_servers,
+            group_id=self.group_id,
+            client_id=self._client_id,
+            enable_auto_commit=False,
+            auto_offset_reset=s.auto_offset_reset,
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=s.heartbeat_interval_ms,
+            max_poll_interval_ms=s.max_poll_interval_ms,
+            request_timeout_ms=s.request_timeout_ms,
+        )
+        self._consumer.subscribe(self.topics, listener=_Rebalance(self))
+        await self._consumer.start()
+        log.info("consumer started", group=self.group_id, topics=self.topics)
+
+    async def stop(self) -> None:
+        """Leave the group (after the loop has drained) and close the clients."""
+        self._stopping.set()
+        if self._task is not None and not self._task.done():
+            await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+        if self._owns_producer and self._producer is not None:
+            await self._producer.stop()
+        log.info("consumer stopped", group=self.group_id)
+
+    def request_stop(self) -> None:
+        """Finish the records being handled, commit them, take no more. Safe from a signal handler."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def install_signal_handlers(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        loop = loop or asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+
+    async def run(self) -> None:
+        """Consume until ``request_stop()``. Call ``start()`` first."""
+        consumer = self._require()
+        self._task = asyncio.current_task()
+        s = self.settings
+        try:
+            while not self._stopping.is_set():
+                batch = await consumer.getmany(
+                    timeout_ms=s.poll_timeout_ms, max_records=s.max_batch_size
+                )
+                if batch and not self._stopping.is_set():
+                    await self._process_batch(batch)
+        finally:
+            self._task = None
+
+    def run_in_background(self) -> asyncio.Task[None]:
+        self._task = asyncio.create_task(self.run(), name=f"consumer:{self.group_id}")
+        return self._task
+
+    async def serve(self) -> None:
+        """start + run + stop, with SIGTERM/SIGINT wired to a graceful drain."""
+        await self.start()
+        self.install_signal_handlers()
+        try:
+            await self.run()
+        finally:
+            await self.stop()
+
+    def _require(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise RuntimeError("ConsumerRunner.start() has not been called")
+        return self._consumer
+
+    # -- processing --------------------------------------------------------------------------
+
+    def _should_halt(self) -> bool:
+        return self._stopping.is_set() or self._abort_batch
+
+    async def _process_batch(self, batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> None:
+        consumer = self._require()
+        self._idle.clear()
+        done: dict[TopicPartition, int] = {}
+        try:
+
+            async def run_partition(tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]) -> None:
+                for rec in records:
+                    if self._should_halt():
+                        return
+                    if not await self._process_record(InboundMessage.from_record(rec)):
+                        return
+                    done[tp] = rec.offset + 1
+
+            await asyncio.gather(*(run_partition(tp, recs) for tp, recs in batch.items()))
+            await self._commit(done)
+            # Records fetched but not handled (stop or revoke): rewind so they are fetched again,
+            # by this member or by the partition's next owner (which starts at the commit).
+            for tp, recs in batch.items():
+                next_offset = done.get(tp, recs[0].offset)
+                if next_offset <= recs[-1].offset and tp in consumer.assignment():
+                    consumer.seek(tp, next_offset)
+            self._update_lag(done)
+        finally:
+            self._idle.set()
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if not offsets:
+            return
+        consumer = self._require()
+        assigned = consumer.assignment()
+        owned = {tp: off for tp, off in offsets.items() if tp in assigned}
+        if not owned:
+            return
+        try:
+            await consumer.commit(owned)
+        except (CommitFailedError, KafkaError) as exc:
+            # The group moved on; these records will be redelivered and the inbox absorbs them.
+            log.warning("commit failed, records will be redelivered", group=self.group_id, error=str(exc))
+
+    async def _drain_for_revoke(self, revoked: set[TopicPartition]) -> None:
+        """Called by aiokafka before partitions move: let the in-flight batch stop and commit."""
+        self._abort_batch = True
+        try:
+            await self._idle.wait()
+        finally:
+            self._abort_batch = False
+        log.info("partitions revoked", group=self.group_id, partitions=_fmt(revoked))
+
+    async def _process_record(self, msg: InboundMessage) -> bool:
+        """Handle one record with retries, or dead-letter it. False: stopped before it was done."""
+        labels = (self.group_id, msg.topic)
+        parent = extract_context(msg.headers)
+        attributes = {
+            "messaging.system": "kafka",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": msg.topic,
+            "messaging.consumer.group.name": self.group_id,
+            "messaging.destination.partition.id": str(msg.partition),
+            "messaging.kafka.offset": msg.offset,
+        }
+        ce_id = msg.header("ce_id")
+        if ce_id:
+            attributes["messaging.message.id"] = ce_id
+        started = time.perf_counter()
+        try:
+            with tracer().start_as_current_span(
+                f"{msg.topic} process", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
+            ) as span:
+                return await self._attempt(msg, span)
+        finally:
+            metrics.consumer_handler_seconds.labels(*labels).observe(time.perf_counter() - started)
+
+    async def _attempt(self, msg: InboundMessage, span: trace.Span) -> bool:
+        labels = (self.group_id, msg.topic)
+        s = self.settings
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self.handler(msg)
+            except InvalidEvent as exc:
+                metrics.consumer_failed.labels(*labels).inc()
+                span.record_exception(exc)
+                return await self._dead_letter(msg, exc, attempt, span)
+            except Exception as exc:  # noqa: BLE001 - any handler error is retried, then dead-lettered
+                metrics.consumer_failed.labels(*labels).inc()
+                span.record_exception(exc)
+                if attempt >= s.max_attempts:
+                    return await self._dead_letter(msg, exc, attempt, span)
+                delay = min(s.retry_backoff_initial_s * 2 ** (attempt - 1), s.retry_backoff_max_s)
+                log.warning(
+                    "handler failed, retrying",
+                    group=self.group_id, topic=msg.topic, partition=msg.partition,
+                    offset=msg.offset, attempt=attempt, delay_s=delay, error=repr(exc),
+                )
+                await asyncio.sleep(delay)
+            else:
+                metrics.consumer_processed.labels(*labels).inc()
+                return True
+
+    async def _dead_letter(
+        self, msg: InboundMessage, exc: BaseException, attempts: int, span: trace.Span
+    ) -> bool:
+        assert self._producer is not None
+        dlq = dead_letter_topic(msg.topic)
+        error = f"{type(exc).__name__}: {exc}"
+        headers = [
+            *msg.headers,
+            (DLQ_ORIGINAL_TOPIC, msg.topic.encode()),
+            (DLQ_ORIGINAL_PARTITION, str(msg.partition).encode()),
+            (DLQ_ORIGINAL_OFFSET, str(msg.offset).encode()),
+            (DLQ_ERROR, error[:4000].encode()),
+            (DLQ_ERROR_TYPE, type(exc).__name__.encode()),
+            (DLQ_ATTEMPTS, str(attempts).encode()),
+            (DLQ_CONSUMER_GROUP, self.group_id.encode()),
+            (DLQ_FAILED_AT, datetime.now(UTC).isoformat().encode()),
+        ]
+        span.set_status(StatusCode.ERROR, error[:200])
+        span.set_attribute("lmforge.dead_lettered", True)
+        log.error(
+            "dead-lettering record",
+            group=self.group_id, topic=msg.topic, partition=msg.partition, offset=msg.offset,
+            attempts=attempts, error=error,
+            stack="".join(traceback.format_exception(exc)[-3:]),
+        )
+        backoff = self.settings.retry_backoff_initial_s
+        # The record is only done once its dead letter is acknowledged: nothing is dropped.
+        while True:
+            try:
+                await self._producer.send_raw(dlq, msg.value, key=msg.key, headers=headers)
+            except BrokerUnavailable as send_exc:
+                if self._stopping.is_set():
+                    return False
+                log.error("dead-letter publish failed, retrying", topic=dlq, error=str(send_exc))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.settings.retry_backoff_max_s)
+            else:
+                metrics.consumer_dead_lettered.labels(self.group_id, msg.topic).inc()
+                return True
+
+    def _update_lag(self, done: dict[TopicPartition, int]) -> None:
+        consumer = self._require()
+        for tp, next_offset in done.items():
+            try:
+                highwater = consumer.highwater(tp)
+            except Exception:  # noqa: BLE001 - partition moved away meanwhile
+                continue
+            if highwater is not None:
+                metrics.consumer_lag.labels(self.group_id, tp.topic, str(tp.partition)).set(
+                    max(0, highwater - next_offset)
+                )

@@ -1,0 +1,151 @@
+"""The event producer: ``acks=all``, awaits the broker's acknowledgement, injects trace context."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Self
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from aiokafka.structs import RecordMetadata
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
+
+from .. import metrics
+from ..events import Event, EventPayload, Headers
+from ..settings import KafkaSettings
+from ..telemetry import inject_context, tracer
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker did not acknowledge a write; HTTP layers answer 503 with Retry-After."""
+
+    retry_after_s = 5
+
+
+class EventProducer:
+    """Publishes CloudEvents. One instance per process; start it once, share it."""
+
+    def __init__(self, settings: KafkaSettings, source: str) -> None:
+        self.settings = settings
+        self.source = source
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        producer = AIOKafkaProducer(
+            bootstrap_servers=s.bootstrap_servers,
+            acks="all",
+            enable_idempotence=s.enable_idempotence,
+            request_timeout_ms=s.request_timeout_ms,
+            linger_ms=s.linger_ms,
+            client_id=f"lmforge-{self.source}",
+        )
+        try:
+            await producer.start()
+        except KafkaError as exc:
+            await producer.stop()
+            raise BrokerUnavailable(f"cannot reach Kafka at {s.bootstrap_servers}: {exc}") from exc
+        self._producer = producer
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    @property
+    def started(self) -> bool:
+        return self._producer is not None
+
+    def _require(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise BrokerUnavailable("producer is not started")
+        return self._producer
+
+    def event(self, payload: EventPayload, subject: str | None = None) -> Event[EventPayload]:
+        return Event(data=payload, source=self.source, subject=subject)
+
+    async def publish(
+        self, topic: str, payload: EventPayload | Event[EventPayload], *, key: str
+    ) -> Event[EventPayload]:
+        """Publish one event and wait for ``acks=all``. Raises ``BrokerUnavailable``."""
+        (event,) = await self.publish_many(topic, [(key, payload)])
+        return event
+
+    async def publish_many(
+        self, topic: str, items: Sequence[tuple[str, EventPayload | Event[EventPayload]]]
+    ) -> list[Event[EventPayload]]:
+        """Publish a batch: every send is queued before any ack is awaited, so they share batches."""
+        producer = self._require()
+        events: list[Event[EventPayload]] = []
+        futures = []
+        span_ctx = []
+        for key, item in items:
+            event = item if isinstance(item, Event) else self.event(item)
+            value, headers = event.to_kafka()
+            span = tracer().start_span(
+                f"{topic} publish",
+                kind=SpanKind.PRODUCER,
+                attributes={
+                    "messaging.system": "kafka",
+                    "messaging.operation.type": "publish",
+                    "messaging.destination.name": topic,
+                    "messaging.message.id": event.id,
+                    "messaging.kafka.message.key": key,
+                    "cloudevents.event_type": event.type,
+                },
+            )
+            with trace.use_span(span, end_on_exit=False):
+                inject_context(headers)
+            try:
+                futures.append(await producer.send(topic, value=value, key=key.encode(), headers=headers))
+            except KafkaError as exc:
+                span.record_exception(exc)
+                span.set_status(StatusCode.ERROR)
+                span.end()
+                for s in span_ctx:
+                    s.end()
+                metrics.producer_errors.labels(topic).inc()
+                raise BrokerUnavailable(f"send to {topic} failed: {exc}") from exc
+            span_ctx.append(span)
+            events.append(event)
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        error: BaseException | None = None
+        for span, result in zip(span_ctx, results, strict=True):
+            if isinstance(result, BaseException):
+                error = error or result
+                span.record_exception(result)
+                span.set_status(StatusCode.ERROR)
+            else:
+                span.set_attribute("messaging.destination.partition.id", str(result.partition))
+                span.set_attribute("messaging.kafka.offset", result.offset)
+            span.end()
+        if error is not None:
+            metrics.producer_errors.labels(topic).inc()
+            raise BrokerUnavailable(f"broker did not acknowledge write to {topic}: {error}") from error
+        metrics.producer_sent.labels(topic).inc(len(events))
+        return events
+
+    async def send_raw(
+        self, topic: str, value: bytes | None, *, key: bytes | None, headers: Headers
+    ) -> RecordMetadata:
+        """Send pre-built bytes and headers (DLQ, outbox relay) and wait for the ack."""
+        producer = self._require()
+        try:
+            result = await producer.send_and_wait(topic, value=value, key=key, headers=headers)
+        except KafkaError as exc:
+            metrics.producer_errors.labels(topic).inc()
+            raise BrokerUnavailable(f"send to {topic} failed: {exc}") from exc
+        metrics.producer_sent.labels(topic).inc()
+        return result

@@ -1,0 +1,30 @@
+"""Prometheus metrics shared by every service (served at ``/metrics``)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CONSUMER_LABELS = ("group", "topic")
+
+consumer_processed = Counter(
+    "lmforge_consumer_processed_total", "Messages whose handler succeeded.", CONSUMER_LABELS
+)
+consumer_failed = Counter(
+    "lmforge_consumer_failed_total", "Handler attempts that raised.", CONSUMER_LABELS
+)
+consumer_dead_lettered = Counter(
+    "lmforge_consumer_dead_lettered_total", "Messages sent to <topic>.dlq.", CONSUMER_LABELS
+)
+consumer_handler_seconds = Histogram(
+    "lmforge_consumer_handler_seconds",
+    "Handler latency per message, retries included.",
+    CONSUMER_LABELS,
+    buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
+)
+consumer_lag = Gauge(
+    "lmforge_consumer_lag", "High watermark minus next offset to process.", (*CONSUMER_LABELS, "partition")
+)
+producer_sent = Counter("lmforge_producer_sent_total", "Events acknowledged by the broker.", ("topic",))
+producer_errors = Counter("lmforge_producer_errors_total", "Sends the broker did not acknowledge.", ("topic",))
+outbox_published = Counter("lmforge_outbox_published_total", "Outbox rows published.", ("topic",))
+outbox_pending = Gauge("lmforge_outbox_pending", "Outbox rows seen unpublished on the last relay pass.")
