@@ -58,7 +58,7 @@ def kafka_settings(kafka_broker: TansuBroker) -> KafkaSettings:
         poll_timeout_ms=100,
         retry_backoff_initial_s=0.02,
         retry_backoff_max_s=0.1,
-        session_timeout_ms=10_000,
+        session_timeout_ms=6_000,
         heartbeat_interval_ms=500,
         topic_partitions=2,
     )
@@ -83,3 +83,9 @@ async def database(database_url: str) -> AsyncIterator[Database]:
     db = Database(database_url)
     yield db
     await db.dispose()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A run that collected nothing is a failure, never a silent success (no exit code 5)."""
+    if session.testscollected == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

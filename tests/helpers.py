@@ -11,7 +11,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 
-async def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 20.0) -> list[ConsumerRecord[Any, Any]]:
+async def read_topic(
+    bootstrap: str, topic: str, expected: int, timeout: float = 20.0
+) -> list[ConsumerRecord[Any, Any]]:
     """Read ``expected`` records from the start of ``topic`` (no group, raw aiokafka)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()

@@ -23,7 +23,8 @@ from lmforge.common.settings import KafkaSettings
 metadata = MetaData()
 inbox = Inbox(metadata)
 side_effects = Table(
-    "side_effects", metadata,
+    "side_effects",
+    metadata,
     Column("event_id", String(64), nullable=False),
     Column("partition", Integer, nullable=False),
     Column("offset", Integer, nullable=False),
@@ -44,8 +45,11 @@ async def main() -> None:
     db = Database(args.db_url)
     await db.create_all(metadata)
     settings = KafkaSettings(
-        bootstrap_servers=args.bootstrap, poll_timeout_ms=100, max_batch_size=1000,
-        session_timeout_ms=10_000, heartbeat_interval_ms=500,
+        bootstrap_servers=args.bootstrap,
+        poll_timeout_ms=100,
+        max_batch_size=1000,
+        session_timeout_ms=6_000,
+        heartbeat_interval_ms=500,
     )
 
     async def handler(msg: InboundMessage) -> None:

@@ -62,9 +62,7 @@ async def _ready(items: list[object], n: int) -> bool:
     return len(items) >= n
 
 
-async def test_poison_message_goes_to_dlq_and_partition_moves_on(
-    kafka_settings: KafkaSettings, unique: str
-) -> None:
+async def test_poison_message_goes_to_dlq_and_partition_moves_on(kafka_settings: KafkaSettings, unique: str) -> None:
     topic, group = f"poison-{unique}", f"g-{unique}"
     attempts: dict[str, int] = {}
     handled: list[str] = []
@@ -127,3 +125,44 @@ async def test_producer_reports_unreachable_broker() -> None:
     producer = EventProducer(settings, source="tests")
     with pytest.raises(BrokerUnavailable, match="cannot reach Kafka"):
         await asyncio.wait_for(producer.start(), 30)
+
+
+async def test_rebalance_hands_partitions_over_without_loss_or_double_handling(
+    kafka_settings: KafkaSettings, unique: str
+) -> None:
+    """A second member joins mid-stream: the first finishes its in-flight records, commits them,
+    and gives partitions away; every record is handled once, and the group commits them all."""
+    topic, group = f"rebalance-{unique}", f"g-{unique}"
+    settings = kafka_settings.model_copy(update={"topic_partitions": 4, "max_batch_size": 20})
+    n = 80
+    handled: dict[str, list[str]] = {}
+
+    def make_handler(member: str):  # type: ignore[no-untyped-def]
+        async def handler(msg: InboundMessage) -> None:
+            await asyncio.sleep(0.02)  # slow enough that the join lands mid-batch
+            handled.setdefault(msg.event(RawRecordV1).data.source_id, []).append(member)
+
+        return handler
+
+    first = ConsumerRunner(settings, group_id=group, topics=[topic], handler=make_handler("a"))
+    await first.start()
+    first_task = first.run_in_background()
+    async with EventProducer(settings, source="tests") as producer:
+        await producer.publish_many(topic, [(f"k{i}", raw_record(f"r{i}")) for i in range(n)])
+        await wait_until(lambda: _ready(list(handled), 10))
+        second = ConsumerRunner(settings, group_id=group, topics=[topic], handler=make_handler("b"))
+        await second.start()
+        second_task = second.run_in_background()
+        await wait_until(lambda: _ready(list(handled), n), timeout=60)
+    assert first.assignment() and second.assignment()  # the group really was split
+    assert not first.assignment() & second.assignment()
+    for runner, task in ((first, first_task), (second, second_task)):
+        runner.request_stop()
+        await task
+        await runner.stop()
+
+    assert sorted(handled) == sorted(f"r{i}" for i in range(n))
+    duplicates = {k: v for k, v in handled.items() if len(v) > 1}
+    assert duplicates == {}
+    assert {m for v in handled.values() for m in v} == {"a", "b"}
+    assert await committed_total(settings.bootstrap_servers, group, topic) == n

@@ -29,7 +29,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def spawn_worker(*args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.common.consumer_worker", *args],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -72,9 +74,7 @@ async def test_crash_mid_batch_redelivers_and_inbox_keeps_side_effects_exactly_o
         # ...but every side effect happened exactly once.
         assert await count(db, side_effects) == n
         async with db.sessions() as session:
-            distinct = (
-                await session.execute(select(func.count(func.distinct(side_effects.c.event_id))))
-            ).scalar_one()
+            distinct = (await session.execute(select(func.count(func.distinct(side_effects.c.event_id))))).scalar_one()
         assert distinct == n
         assert await count(db, inbox.table) == n
     finally:

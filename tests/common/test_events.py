@@ -39,14 +39,36 @@ def test_binary_mode_round_trip() -> None:
     ("headers", "value", "reason"),
     [
         ([], b"{}", "missing headers"),
-        ([("ce_specversion", b"0.3"), ("ce_id", b"1"), ("ce_source", b"s"), ("ce_type", b"x")], b"{}",
-         "specversion"),
-        ([("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_source", b"s"), ("ce_type", b"nope.v1")], b"{}",
-         "unknown event type"),
-        ([("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_source", b"s"),
-          ("ce_type", b"lmforge.record.raw.v1")], b'{"record_id": 1}', "invalid lmforge.record.raw.v1 payload"),
-        ([("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_source", b"s"),
-          ("ce_type", b"lmforge.record.raw.v1")], b"\xff\xfe", "invalid"),
+        (
+            [("ce_specversion", b"0.3"), ("ce_id", b"1"), ("ce_source", b"s"), ("ce_type", b"x")],
+            b"{}",
+            "specversion",
+        ),
+        (
+            [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_source", b"s"), ("ce_type", b"nope.v1")],
+            b"{}",
+            "unknown event type",
+        ),
+        (
+            [
+                ("ce_specversion", b"1.0"),
+                ("ce_id", b"1"),
+                ("ce_source", b"s"),
+                ("ce_type", b"lmforge.record.raw.v1"),
+            ],
+            b'{"record_id": 1}',
+            "invalid lmforge.record.raw.v1 payload",
+        ),
+        (
+            [
+                ("ce_specversion", b"1.0"),
+                ("ce_id", b"1"),
+                ("ce_source", b"s"),
+                ("ce_type", b"lmforge.record.raw.v1"),
+            ],
+            b"\xff\xfe",
+            "invalid",
+        ),
     ],
 )
 def test_invalid_events_name_the_reason(headers: list[tuple[str, bytes]], value: bytes, reason: str) -> None:

@@ -109,9 +109,7 @@ async def test_alembic_pattern_migrates_to_the_models(database_url: str) -> None
     db = Database(database_url)
     try:
         async with db.engine.connect() as conn:
-            diff = await conn.run_sync(
-                lambda c: compare_metadata(MigrationContext.configure(c), metadata)
-            )
+            diff = await conn.run_sync(lambda c: compare_metadata(MigrationContext.configure(c), metadata))
         assert diff == []
         async with db.sessions.begin() as s:
             assert await inbox.claim(s, "g", "e") is True

@@ -52,7 +52,7 @@ class ArtifactStore:
         prefix = self.uri("x")[:-1]
         if not uri.startswith(prefix):
             raise ValueError(f"{uri} is not in this artifact store ({prefix})")
-        return uri[len(prefix):]
+        return uri[len(prefix) :]
 
     def write_bytes(self, key: str, data: bytes) -> str:
         target = self.path(key)
@@ -98,7 +98,7 @@ class ArtifactStore:
             raise ArtifactNotFound(f"no artifacts under {key!r}")
         prefix = key.strip("/") + "/"
         for name in files:
-            dest = Path(local_dir) / name[len(prefix):]
+            dest = Path(local_dir) / name[len(prefix) :]
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(self.read_bytes(name))
         return Path(local_dir)

@@ -107,10 +107,18 @@ def create_app(
 
 def _code_for(status: int) -> str:
     return {
-        400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-        409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type",
-        422: "invalid_request", 429: "rate_limited", 502: "bad_gateway",
-        503: "unavailable", 504: "timeout",
+        400: "bad_request",
+        401: "unauthorized",
+        403: "forbidden",
+        404: "not_found",
+        409: "conflict",
+        413: "payload_too_large",
+        415: "unsupported_media_type",
+        422: "invalid_request",
+        429: "rate_limited",
+        502: "bad_gateway",
+        503: "unavailable",
+        504: "timeout",
     }.get(status, "http_error")
 
 
@@ -118,4 +126,3 @@ def _instrument(app: FastAPI) -> None:
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
     FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
-

@@ -6,12 +6,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 CONSUMER_LABELS = ("group", "topic")
 
-consumer_processed = Counter(
-    "lmforge_consumer_processed_total", "Messages whose handler succeeded.", CONSUMER_LABELS
-)
-consumer_failed = Counter(
-    "lmforge_consumer_failed_total", "Handler attempts that raised.", CONSUMER_LABELS
-)
+consumer_processed = Counter("lmforge_consumer_processed_total", "Messages whose handler succeeded.", CONSUMER_LABELS)
+consumer_failed = Counter("lmforge_consumer_failed_total", "Handler attempts that raised.", CONSUMER_LABELS)
 consumer_dead_lettered = Counter(
     "lmforge_consumer_dead_lettered_total", "Messages sent to <topic>.dlq.", CONSUMER_LABELS
 )

@@ -24,7 +24,8 @@ class KafkaSettings(BaseModel):
     # Consumer batch and group behaviour.
     max_batch_size: int = 500
     poll_timeout_ms: int = 500
-    session_timeout_ms: int = 30_000
+    # Tansu answers the first JoinGroup after session_timeout/2: keep it short for local runs.
+    session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
     max_poll_interval_ms: int = 300_000
     auto_offset_reset: str = "earliest"
@@ -61,9 +62,7 @@ class HttpSettings(BaseModel):
 class ServiceSettings(BaseSettings):
     """Base class: one instance per service process, read from the environment and ``.env``."""
 
-    model_config = SettingsConfigDict(
-        env_nested_delimiter="__", env_ignore_empty=True, env_file=".env", extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_nested_delimiter="__", env_ignore_empty=True, env_file=".env", extra="ignore")
 
     service_name: str = "lmforge"
     log_level: str = "INFO"

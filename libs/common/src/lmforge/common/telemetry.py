@@ -28,8 +28,12 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 TRACER_NAME = "lmforge"
 
 
+# A proxy until a provider is installed, then the real tracer: safe to create at import time.
+_TRACER = trace.get_tracer(TRACER_NAME)
+
+
 def tracer() -> trace.Tracer:
-    return trace.get_tracer(TRACER_NAME)
+    return _TRACER
 
 
 def setup_tracing(service_name: str, extra_processors: Iterable[SpanProcessor] = ()) -> TracerProvider:
@@ -40,9 +44,7 @@ def setup_tracing(service_name: str, extra_processors: Iterable[SpanProcessor] =
             current.add_span_processor(p)
         return current
     provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service_name}))
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-    ):
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))

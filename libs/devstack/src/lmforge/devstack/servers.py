@@ -81,9 +81,7 @@ class _ManagedServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
         try:
-            self.proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         finally:
             log.close()
         return self.proc
@@ -101,9 +99,7 @@ class _ManagedServer:
         self.start()  # type: ignore[attr-defined]
         return self
 
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
 
 
@@ -182,10 +178,21 @@ class PostgresCluster(_ManagedServer):
         if not self.datadir.exists():
             res = subprocess.run(
                 self._as_owner(
-                    [str(self._bindir / "initdb"), "-D", str(self.datadir), "-U", self.user,
-                     "-A", "trust", "-E", "UTF8", "--no-sync"]
+                    [
+                        str(self._bindir / "initdb"),
+                        "-D",
+                        str(self.datadir),
+                        "-U",
+                        self.user,
+                        "-A",
+                        "trust",
+                        "-E",
+                        "UTF8",
+                        "--no-sync",
+                    ]
                 ),
-                capture_output=True, text=True,
+                capture_output=True,
+                text=True,
             )
             if res.returncode != 0:
                 raise ServerError(f"postgres: initdb failed: {res.stderr or res.stdout}")
@@ -194,10 +201,25 @@ class PostgresCluster(_ManagedServer):
             os.chown(self.log_path, pwd.getpwnam("postgres").pw_uid, -1)
         self._spawn(
             self._as_owner(
-                [str(self._bindir / "postgres"), "-D", str(self.datadir), "-p", str(self.port),
-                 "-h", "127.0.0.1", "-k", str(sockdir), "-c", "fsync=off",
-                 "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-                 "-c", "max_connections=200"]
+                [
+                    str(self._bindir / "postgres"),
+                    "-D",
+                    str(self.datadir),
+                    "-p",
+                    str(self.port),
+                    "-h",
+                    "127.0.0.1",
+                    "-k",
+                    str(sockdir),
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "synchronous_commit=off",
+                    "-c",
+                    "full_page_writes=off",
+                    "-c",
+                    "max_connections=200",
+                ]
             )
         )
         if not wait_for_port(self.port, 30, self.proc):
@@ -219,9 +241,9 @@ class PostgresCluster(_ManagedServer):
     def create_database(self, name: str) -> str:
         """Create a database and return its asyncpg URL."""
         res = subprocess.run(
-            [str(self._bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U",
-             self.user, name],
-            capture_output=True, text=True,
+            [str(self._bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, name],
+            capture_output=True,
+            text=True,
         )
         if res.returncode != 0 and "already exists" not in res.stderr:
             raise ServerError(f"postgres: createdb {name} failed: {res.stderr}")
@@ -332,10 +354,9 @@ class TritonServer(_ManagedServer):
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise self._fail(f"exited with code {self.proc.returncode}")
-            with contextlib.suppress(urllib.error.URLError, OSError):
-                with urllib.request.urlopen(url, timeout=1) as resp:
-                    if resp.status == 200:
-                        return
+            with contextlib.suppress(urllib.error.URLError, OSError), urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
             time.sleep(0.2)
         raise self._fail(f"not ready after {timeout:.0f}s")
 

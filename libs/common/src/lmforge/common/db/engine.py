@@ -42,9 +42,7 @@ class Database:
     def __init__(self, url: str, *, echo: bool = False, pool_size: int = 5) -> None:
         self.url = url
         self.engine = create_engine(url, echo=echo, pool_size=pool_size)
-        self.sessions: async_sessionmaker[AsyncSession] = async_sessionmaker(
-            self.engine, expire_on_commit=False
-        )
+        self.sessions: async_sessionmaker[AsyncSession] = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @classmethod
     def from_settings(cls, settings: DatabaseSettings) -> Database:

@@ -29,15 +29,18 @@ def run_alembic_env(target_metadata: MetaData) -> None:
     assert url, "sqlalchemy.url is not set"
     render_as_batch = url.startswith("sqlite")
     if context.is_offline_mode():
-        context.configure(url=url, target_metadata=target_metadata, literal_binds=True,
-                          render_as_batch=render_as_batch)
+        context.configure(url=url, target_metadata=target_metadata, literal_binds=True, render_as_batch=render_as_batch)
         with context.begin_transaction():
             context.run_migrations()
         return
 
     def do_run(connection: Connection) -> None:
-        context.configure(connection=connection, target_metadata=target_metadata,
-                          render_as_batch=render_as_batch, compare_type=True)
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            render_as_batch=render_as_batch,
+            compare_type=True,
+        )
         with context.begin_transaction():
             context.run_migrations()
 

@@ -128,9 +128,7 @@ class OutboxRelay:
             finally:
                 # Mark what the broker acknowledged, even if a later row failed.
                 if published:
-                    await session.execute(
-                        update(t).where(t.c.id.in_(published)).values(published_at=datetime.now(UTC))
-                    )
+                    await session.execute(update(t).where(t.c.id.in_(published)).values(published_at=datetime.now(UTC)))
         return len(published)
 
     async def run(self) -> None:

@@ -21,6 +21,8 @@ P = TypeVar("P", bound=EventPayload)
 SPECVERSION = "1.0"
 CONTENT_TYPE = "application/json"
 Headers = list[tuple[str, bytes]]
+_SPECVERSION_HEADER = ("ce_specversion", SPECVERSION.encode())
+_CONTENT_TYPE_HEADER = ("content-type", CONTENT_TYPE.encode())
 
 
 class InvalidEvent(ValueError):
@@ -44,12 +46,12 @@ class Event(Generic[P]):
     def to_kafka(self) -> tuple[bytes, Headers]:
         """Value and headers in binary mode (trace headers are added by the producer)."""
         headers: Headers = [
-            ("ce_specversion", SPECVERSION.encode()),
+            _SPECVERSION_HEADER,
             ("ce_id", self.id.encode()),
             ("ce_source", self.source.encode()),
             ("ce_type", self.type.encode()),
             ("ce_time", self.time.isoformat().encode()),
-            ("content-type", CONTENT_TYPE.encode()),
+            _CONTENT_TYPE_HEADER,
         ]
         if self.subject is not None:
             headers.append(("ce_subject", self.subject.encode()))

@@ -24,9 +24,7 @@ async def ensure_topics(settings: KafkaSettings, topics: Iterable[str]) -> None:
         missing = [t for t in wanted if t not in existing]
         if not missing:
             return
-        new = [
-            NewTopic(t, settings.topic_partitions, settings.topic_replication_factor) for t in missing
-        ]
+        new = [NewTopic(t, settings.topic_partitions, settings.topic_replication_factor) for t in missing]
         try:
             await admin.create_topics(new)
         except TopicAlreadyExistsError:

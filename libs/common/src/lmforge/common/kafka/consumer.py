@@ -87,9 +87,7 @@ class InboundMessage:
                 return v.decode("utf-8", "replace")
         return None
 
-    def event(
-        self, expected: type[EventPayload] | tuple[type[EventPayload], ...] | None = None
-    ) -> Event[Any]:
+    def event(self, expected: type[EventPayload] | tuple[type[EventPayload], ...] | None = None) -> Event[Any]:
         """Decode the CloudEvent; raises ``InvalidEvent`` (dead-lettered at once) if it is not one."""
         return decode_event(self.headers, self.value, expected)
 
@@ -106,6 +104,50 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("partitions assigned", group=self.runner.group_id, partitions=_fmt(assigned))
+
+
+@dataclass(frozen=True)
+class _TopicMetrics:
+    """The runner's Prometheus children for one (group, topic), bound once."""
+
+    processed: Any
+    failed: Any
+    dead_lettered: Any
+    handler_seconds: Any
+
+    @classmethod
+    def bind(cls, group: str, topic: str) -> _TopicMetrics:
+        return cls(
+            processed=metrics.consumer_processed.labels(group, topic),
+            failed=metrics.consumer_failed.labels(group, topic),
+            dead_lettered=metrics.consumer_dead_lettered.labels(group, topic),
+            handler_seconds=metrics.consumer_handler_seconds.labels(group, topic),
+        )
+
+
+def _traceparent(rec: ConsumerRecord[Any, Any]) -> bytes | None:
+    for k, v in rec.headers or ():
+        if k == "traceparent":
+            return v  # type: ignore[no-any-return]
+    return None
+
+
+def _runs_by_trace(records: list[ConsumerRecord[Any, Any]]) -> list[list[ConsumerRecord[Any, Any]]]:
+    """Split a partition's records into runs of consecutive records with the same traceparent.
+
+    A batch published together (one publish span) is processed under one process span. Records
+    without trace context each get their own span, so unrelated upstream records never share a trace.
+    """
+    runs: list[list[ConsumerRecord[Any, Any]]] = []
+    last: bytes | None = None
+    for rec in records:
+        tp = _traceparent(rec)
+        if runs and tp is not None and tp == last:
+            runs[-1].append(rec)
+        else:
+            runs.append([rec])
+        last = tp
+    return runs
 
 
 def _fmt(tps: set[TopicPartition] | Sequence[TopicPartition]) -> list[str]:
@@ -138,6 +180,7 @@ class ConsumerRunner:
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
+        self._bound_metrics: dict[str, _TopicMetrics] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -180,6 +223,10 @@ class ConsumerRunner:
         """Finish the records being handled, commit them, take no more. Safe from a signal handler."""
         self._stopping.set()
 
+    def assignment(self) -> set[TopicPartition]:
+        """The partitions this member owns right now (empty before the first join)."""
+        return set(self._consumer.assignment()) if self._consumer is not None else set()
+
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
@@ -196,9 +243,7 @@ class ConsumerRunner:
         s = self.settings
         try:
             while not self._stopping.is_set():
-                batch = await consumer.getmany(
-                    timeout_ms=s.poll_timeout_ms, max_records=s.max_batch_size
-                )
+                batch = await consumer.getmany(timeout_ms=s.poll_timeout_ms, max_records=s.max_batch_size)
                 if batch and not self._stopping.is_set():
                     await self._process_batch(batch)
         finally:
@@ -224,6 +269,12 @@ class ConsumerRunner:
 
     # -- processing --------------------------------------------------------------------------
 
+    def _metrics(self, topic: str) -> _TopicMetrics:
+        m = self._bound_metrics.get(topic)
+        if m is None:
+            m = self._bound_metrics[topic] = _TopicMetrics.bind(self.group_id, topic)
+        return m
+
     def _should_halt(self) -> bool:
         return self._stopping.is_set() or self._abort_batch
 
@@ -234,12 +285,14 @@ class ConsumerRunner:
         try:
 
             async def run_partition(tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]) -> None:
-                for rec in records:
+                for run in _runs_by_trace(records):
                     if self._should_halt():
                         return
-                    if not await self._process_record(InboundMessage.from_record(rec)):
+                    handled = await self._process_run(run)
+                    if handled:
+                        done[tp] = run[handled - 1].offset + 1
+                    if handled < len(run):
                         return
-                    done[tp] = rec.offset + 1
 
             await asyncio.gather(*(run_partition(tp, recs) for tp, recs in batch.items()))
             await self._commit(done)
@@ -276,61 +329,83 @@ class ConsumerRunner:
             self._abort_batch = False
         log.info("partitions revoked", group=self.group_id, partitions=_fmt(revoked))
 
-    async def _process_record(self, msg: InboundMessage) -> bool:
-        """Handle one record with retries, or dead-letter it. False: stopped before it was done."""
-        labels = (self.group_id, msg.topic)
-        parent = extract_context(msg.headers)
-        attributes = {
+    async def _process_run(self, run: list[ConsumerRecord[Any, Any]]) -> int:
+        """Handle consecutive records of one partition that share a trace context, in one
+        ``<topic> process`` span whose parent is that context. Returns how many were finished."""
+        first = run[0]
+        m = self._metrics(first.topic)
+        attributes: dict[str, str | int] = {
             "messaging.system": "kafka",
-            "messaging.operation.type": "process",
-            "messaging.destination.name": msg.topic,
+            "messaging.destination.name": first.topic,
             "messaging.consumer.group.name": self.group_id,
-            "messaging.destination.partition.id": str(msg.partition),
-            "messaging.kafka.offset": msg.offset,
+            "messaging.destination.partition.id": first.partition,
+            "messaging.kafka.offset": first.offset,
         }
-        ce_id = msg.header("ce_id")
-        if ce_id:
-            attributes["messaging.message.id"] = ce_id
-        started = time.perf_counter()
-        try:
-            with tracer().start_as_current_span(
-                f"{msg.topic} process", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
-            ) as span:
-                return await self._attempt(msg, span)
-        finally:
-            metrics.consumer_handler_seconds.labels(*labels).observe(time.perf_counter() - started)
+        if len(run) > 1:
+            attributes["messaging.batch.message_count"] = len(run)
+        with tracer().start_as_current_span(
+            f"{first.topic} process",
+            context=extract_context(first.headers or ()),
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+        ) as span:
+            for i, rec in enumerate(run):
+                if i and self._should_halt():
+                    return i
+                msg = InboundMessage.from_record(rec)
+                if len(run) == 1:
+                    ce_id = msg.header("ce_id")
+                    if ce_id:
+                        span.set_attribute("messaging.message.id", ce_id)
+                started = time.perf_counter()
+                try:
+                    await self.handler(msg)  # the common case, without the retry machinery
+                except Exception as exc:  # noqa: BLE001 - retried or dead-lettered below
+                    ok = await self._attempt(msg, span, m, first_error=exc)
+                else:
+                    m.processed.inc()
+                    ok = True
+                m.handler_seconds.observe(time.perf_counter() - started)
+                if not ok:
+                    return i
+        return len(run)
 
-    async def _attempt(self, msg: InboundMessage, span: trace.Span) -> bool:
-        labels = (self.group_id, msg.topic)
+    async def _attempt(self, msg: InboundMessage, span: trace.Span, m: _TopicMetrics, first_error: Exception) -> bool:
+        """The failure path: attempt 1 raised ``first_error``; retry with backoff or dead-letter."""
         s = self.settings
         attempt = 0
         while True:
             attempt += 1
             try:
+                if attempt == 1:
+                    raise first_error
                 await self.handler(msg)
             except InvalidEvent as exc:
-                metrics.consumer_failed.labels(*labels).inc()
+                m.failed.inc()
                 span.record_exception(exc)
                 return await self._dead_letter(msg, exc, attempt, span)
             except Exception as exc:  # noqa: BLE001 - any handler error is retried, then dead-lettered
-                metrics.consumer_failed.labels(*labels).inc()
+                m.failed.inc()
                 span.record_exception(exc)
                 if attempt >= s.max_attempts:
                     return await self._dead_letter(msg, exc, attempt, span)
                 delay = min(s.retry_backoff_initial_s * 2 ** (attempt - 1), s.retry_backoff_max_s)
                 log.warning(
                     "handler failed, retrying",
-                    group=self.group_id, topic=msg.topic, partition=msg.partition,
-                    offset=msg.offset, attempt=attempt, delay_s=delay, error=repr(exc),
+                    group=self.group_id,
+                    topic=msg.topic,
+                    partition=msg.partition,
+                    offset=msg.offset,
+                    attempt=attempt,
+                    delay_s=delay,
+                    error=repr(exc),
                 )
                 await asyncio.sleep(delay)
             else:
-                metrics.consumer_processed.labels(*labels).inc()
+                m.processed.inc()
                 return True
 
-    async def _dead_letter(
-        self, msg: InboundMessage, exc: BaseException, attempts: int, span: trace.Span
-    ) -> bool:
+    async def _dead_letter(self, msg: InboundMessage, exc: BaseException, attempts: int, span: trace.Span) -> bool:
         assert self._producer is not None
         dlq = dead_letter_topic(msg.topic)
         error = f"{type(exc).__name__}: {exc}"
@@ -349,8 +424,12 @@ class ConsumerRunner:
         span.set_attribute("lmforge.dead_lettered", True)
         log.error(
             "dead-lettering record",
-            group=self.group_id, topic=msg.topic, partition=msg.partition, offset=msg.offset,
-            attempts=attempts, error=error,
+            group=self.group_id,
+            topic=msg.topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            attempts=attempts,
+            error=error,
             stack="".join(traceback.format_exception(exc)[-3:]),
         )
         backoff = self.settings.retry_backoff_initial_s
@@ -365,7 +444,7 @@ class ConsumerRunner:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.settings.retry_backoff_max_s)
             else:
-                metrics.consumer_dead_lettered.labels(self.group_id, msg.topic).inc()
+                self._metrics(msg.topic).dead_lettered.inc()
                 return True
 
     def _update_lag(self, done: dict[TopicPartition, int]) -> None:

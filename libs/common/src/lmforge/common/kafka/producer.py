@@ -10,7 +10,6 @@ from typing import Self
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
-from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
 
 from .. import metrics
@@ -86,60 +85,45 @@ class EventProducer:
     async def publish_many(
         self, topic: str, items: Sequence[tuple[str, EventPayload | Event[EventPayload]]]
     ) -> list[Event[EventPayload]]:
-        """Publish a batch: every send is queued before any ack is awaited, so they share batches."""
+        """Publish a batch and wait until the broker acknowledged every message.
+
+        Every send is queued before any ack is awaited, so the messages share broker batches.
+        The batch is one ``<topic> publish`` span; its context goes into every message's headers.
+        """
         producer = self._require()
-        events: list[Event[EventPayload]] = []
-        futures = []
-        span_ctx = []
-        for key, item in items:
-            event = item if isinstance(item, Event) else self.event(item)
-            value, headers = event.to_kafka()
-            span = tracer().start_span(
-                f"{topic} publish",
-                kind=SpanKind.PRODUCER,
-                attributes={
-                    "messaging.system": "kafka",
-                    "messaging.operation.type": "publish",
-                    "messaging.destination.name": topic,
-                    "messaging.message.id": event.id,
-                    "messaging.kafka.message.key": key,
-                    "cloudevents.event_type": event.type,
-                },
-            )
-            with trace.use_span(span, end_on_exit=False):
-                inject_context(headers)
+        events = [item if isinstance(item, Event) else self.event(item) for _, item in items]
+        attributes: dict[str, str | int] = {
+            "messaging.system": "kafka",
+            "messaging.destination.name": topic,
+            "messaging.batch.message_count": len(events),
+        }
+        if len(events) == 1:
+            attributes["messaging.message.id"] = events[0].id
+            attributes["cloudevents.event_type"] = events[0].type
+        with tracer().start_as_current_span(f"{topic} publish", kind=SpanKind.PRODUCER, attributes=attributes) as span:
+            trace_headers = inject_context([])
             try:
-                futures.append(await producer.send(topic, value=value, key=key.encode(), headers=headers))
+                futures = []
+                for (key, _), event in zip(items, events, strict=True):
+                    value, headers = event.to_kafka()
+                    headers.extend(trace_headers)
+                    futures.append(await producer.send(topic, value=value, key=key.encode(), headers=headers))
+                results = await asyncio.gather(*futures, return_exceptions=True)
             except KafkaError as exc:
-                span.record_exception(exc)
-                span.set_status(StatusCode.ERROR)
-                span.end()
-                for s in span_ctx:
-                    s.end()
                 metrics.producer_errors.labels(topic).inc()
+                span.set_status(StatusCode.ERROR, str(exc))
                 raise BrokerUnavailable(f"send to {topic} failed: {exc}") from exc
-            span_ctx.append(span)
-            events.append(event)
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        error: BaseException | None = None
-        for span, result in zip(span_ctx, results, strict=True):
-            if isinstance(result, BaseException):
-                error = error or result
-                span.record_exception(result)
-                span.set_status(StatusCode.ERROR)
-            else:
-                span.set_attribute("messaging.destination.partition.id", str(result.partition))
-                span.set_attribute("messaging.kafka.offset", result.offset)
-            span.end()
-        if error is not None:
-            metrics.producer_errors.labels(topic).inc()
-            raise BrokerUnavailable(f"broker did not acknowledge write to {topic}: {error}") from error
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                metrics.producer_errors.labels(topic).inc(len(errors))
+                span.set_status(StatusCode.ERROR, str(errors[0]))
+                raise BrokerUnavailable(
+                    f"broker did not acknowledge {len(errors)} of {len(events)} writes to {topic}: {errors[0]}"
+                ) from errors[0]
         metrics.producer_sent.labels(topic).inc(len(events))
         return events
 
-    async def send_raw(
-        self, topic: str, value: bytes | None, *, key: bytes | None, headers: Headers
-    ) -> RecordMetadata:
+    async def send_raw(self, topic: str, value: bytes | None, *, key: bytes | None, headers: Headers) -> RecordMetadata:
         """Send pre-built bytes and headers (DLQ, outbox relay) and wait for the ack."""
         producer = self._require()
         try:
