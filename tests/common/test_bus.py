@@ -130,16 +130,15 @@ async def test_producer_reports_unreachable_broker() -> None:
 async def test_rebalance_hands_partitions_over_without_loss_or_double_handling(
     kafka_settings: KafkaSettings, unique: str
 ) -> None:
-    """A second member joins mid-stream: the first finishes its in-flight records, commits them,
-    and gives partitions away; every record is handled once, and the group commits them all."""
+    """A second member joins while the first is mid-batch: the first finishes the records it is
+    handling, commits them and gives partitions away; every record is handled exactly once."""
     topic, group = f"rebalance-{unique}", f"g-{unique}"
-    settings = kafka_settings.model_copy(update={"topic_partitions": 4, "max_batch_size": 20})
-    n = 80
+    settings = kafka_settings.model_copy(update={"topic_partitions": 4, "max_batch_size": 50})
     handled: dict[str, list[str]] = {}
 
     def make_handler(member: str):  # type: ignore[no-untyped-def]
         async def handler(msg: InboundMessage) -> None:
-            await asyncio.sleep(0.02)  # slow enough that the join lands mid-batch
+            await asyncio.sleep(0.2)  # slow: the join lands while batches are in flight
             handled.setdefault(msg.event(RawRecordV1).data.source_id, []).append(member)
 
         return handler
@@ -148,21 +147,28 @@ async def test_rebalance_hands_partitions_over_without_loss_or_double_handling(
     await first.start()
     first_task = first.run_in_background()
     async with EventProducer(settings, source="tests") as producer:
-        await producer.publish_many(topic, [(f"k{i}", raw_record(f"r{i}")) for i in range(n)])
-        await wait_until(lambda: _ready(list(handled), 10))
+        # Phase 1: a backlog the first member is still working through when the second joins.
+        await producer.publish_many(topic, [(f"k{i}", raw_record(f"r{i}")) for i in range(60)])
+        await wait_until(lambda: _ready(list(handled), 4))
         second = ConsumerRunner(settings, group_id=group, topics=[topic], handler=make_handler("b"))
         await second.start()
         second_task = second.run_in_background()
-        await wait_until(lambda: _ready(list(handled), n), timeout=60)
-    assert first.assignment() and second.assignment()  # the group really was split
-    assert not first.assignment() & second.assignment()
+
+        async def split() -> bool:
+            return bool(first.assignment()) and bool(second.assignment())
+
+        await wait_until(split, timeout=30)
+        assert not first.assignment() & second.assignment()
+        # Phase 2: records produced after the split reach both members.
+        await producer.publish_many(topic, [(f"k{i}", raw_record(f"r{i}")) for i in range(60, 100)])
+        await wait_until(lambda: _ready(list(handled), 100), timeout=60)
     for runner, task in ((first, first_task), (second, second_task)):
         runner.request_stop()
         await task
         await runner.stop()
 
-    assert sorted(handled) == sorted(f"r{i}" for i in range(n))
+    assert sorted(handled) == sorted(f"r{i}" for i in range(100))
     duplicates = {k: v for k, v in handled.items() if len(v) > 1}
     assert duplicates == {}
     assert {m for v in handled.values() for m in v} == {"a", "b"}
-    assert await committed_total(settings.bootstrap_servers, group, topic) == n
+    assert await committed_total(settings.bootstrap_servers, group, topic) == 100

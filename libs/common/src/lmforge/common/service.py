@@ -1,0 +1,127 @@
+"""The runtime every service is wired from: one start-up and shutdown order for all six.
+
+Start: telemetry, database migrations, the producer (waiting for the broker), the consumer
+runners, the outbox relay, then the service's own background loops. Stop, in reverse: consumers
+drain and commit (SIGTERM reaches this through uvicorn's lifespan shutdown), the relay publishes
+what is committed, background loops are cancelled, the producer flushes, spans are exported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from .artifacts import ArtifactStore
+from .db import Database, Outbox, OutboxRelay, upgrade_database
+from .kafka import BrokerUnavailable, ConsumerRunner, EventProducer, Handler
+from .kafka.admin import ensure_topics
+from .settings import ServiceSettings
+from .telemetry import get_logger, setup_telemetry, shutdown_tracing
+
+log = get_logger(__name__)
+
+
+class ServiceRuntime:
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        *,
+        migrations: Path | None = None,
+        outbox: Outbox | None = None,
+        produces: Sequence[str] = (),
+    ) -> None:
+        self.settings = settings
+        self.name = settings.service_name
+        setup_telemetry(self.name, settings.log_level)
+        self.db = Database.from_settings(settings.database)
+        self.producer = EventProducer(settings.kafka, source=f"lmforge/{self.name}")
+        self.artifacts = ArtifactStore.from_settings(settings.artifacts)
+        self.outbox = outbox
+        self.relay = OutboxRelay(outbox, self.db.sessions, self.producer) if outbox is not None else None
+        self._migrations = migrations
+        self._produces = list(produces)
+        self._consumers: list[ConsumerRunner] = []
+        self._loops: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self.started = False
+
+    def consume(self, group_id: str, topics: Sequence[str], handler: Handler) -> ConsumerRunner:
+        runner = ConsumerRunner(
+            self.settings.kafka, group_id=group_id, topics=topics, handler=handler, producer=self.producer
+        )
+        self._consumers.append(runner)
+        return runner
+
+    def background(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """A long-running coroutine of the service's own (cancelled at shutdown)."""
+        self._loops.append((name, loop))
+
+    async def start(self) -> None:
+        if self._migrations is not None:
+            await upgrade_database(self.db.url, self._migrations)
+        await self._start_producer()
+        if self.settings.kafka.create_topics and self._produces:
+            await ensure_topics(self.settings.kafka, self._produces)
+        for runner in self._consumers:
+            await runner.start()
+            self._tasks.append(runner.run_in_background())
+        if self.relay is not None:
+            self._tasks.append(asyncio.create_task(self.relay.run(), name=f"{self.name}:outbox-relay"))
+        for name, loop in self._loops:
+            self._tasks.append(asyncio.create_task(loop(), name=f"{self.name}:{name}"))
+        self.started = True
+        log.info("service started", service=self.name)
+
+    async def _start_producer(self, timeout_s: float = 60.0) -> None:
+        """Wait for the broker: services may start before it in docker-compose or Kubernetes."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        delay = 0.2
+        while True:
+            try:
+                await self.producer.start()
+                return
+            except BrokerUnavailable as exc:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                log.warning("broker not reachable yet, retrying", error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def stop(self) -> None:
+        for runner in self._consumers:
+            runner.request_stop()
+        for runner in self._consumers:
+            with contextlib.suppress(Exception):
+                await runner.stop()
+        if self.relay is not None:
+            self.relay.stop()
+            with contextlib.suppress(Exception):
+                await self.relay.publish_pending()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.producer.stop()
+        await self.db.dispose()
+        shutdown_tracing()
+        log.info("service stopped", service=self.name)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _: FastAPI) -> AsyncIterator[None]:
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
+
+    def readiness(self) -> dict[str, Callable[[], Awaitable[bool]]]:
+        async def broker() -> bool:
+            return self.producer.started
+
+        async def started() -> bool:
+            return self.started
+
+        return {"database": self.db.ping, "broker": broker, "started": started}
