@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import MetaData, func, select
 
 from lmforge.common.db import Database, Inbox, Outbox, OutboxRelay, upgrade_database
@@ -96,6 +97,34 @@ async def test_outbox_row_carries_trace_context(
     async with database.sessions() as s:
         headers = dict(json.loads((await s.execute(select(outbox.table.c.headers))).scalar_one()))
     assert format(span.get_span_context().trace_id, "032x") in headers["traceparent"]
+
+
+async def test_relay_publish_continues_the_writers_trace(
+    database: Database,
+    schema: tuple[Inbox, Outbox],
+    kafka_settings: KafkaSettings,
+    span_exporter: InMemorySpanExporter,
+    unique: str,
+) -> None:
+    from lmforge.common.kafka import ensure_topics
+    from lmforge.common.telemetry import tracer
+
+    _, outbox = schema
+    topic = f"relay-trace-{unique}"
+    await ensure_topics(kafka_settings, [topic])
+    with tracer().start_as_current_span("registry promote") as writer:
+        async with database.sessions.begin() as s:
+            await outbox.add(s, topic, raw_record("t"), key="m")
+    async with EventProducer(kafka_settings, source="lmforge/tests") as producer:
+        assert await OutboxRelay(outbox, database.sessions, producer).publish_pending() == 1
+    trace_id = writer.get_span_context().trace_id
+    publish = next(
+        s for s in span_exporter.get_finished_spans() if s.name == f"{topic} publish" and s.context.trace_id == trace_id
+    )
+    assert publish.parent is not None and publish.parent.span_id == writer.get_span_context().span_id
+    (record,) = await read_topic(kafka_settings.bootstrap_servers, topic, expected=1)
+    traceparent = dict(record.headers)["traceparent"].decode()
+    assert traceparent.split("-")[2] == format(publish.context.span_id, "016x")
 
 
 async def test_alembic_pattern_migrates_to_the_models(database_url: str) -> None:

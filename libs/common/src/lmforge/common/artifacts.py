@@ -36,6 +36,11 @@ class ArtifactStore:
     def from_settings(cls, settings: ArtifactSettings) -> ArtifactStore:
         return cls(settings.url, settings.storage_options)
 
+    @property
+    def url(self) -> str:
+        """The store's root as a URL another process can open the same store with."""
+        return self.root if self.local else f"{self.protocol}://{self.root}"
+
     def path(self, key: str) -> str:
         key = key.strip("/")
         if not key or ".." in key.split("/"):

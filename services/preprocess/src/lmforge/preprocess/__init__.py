@@ -1,1 +1,1 @@
-"""lmforge preprocess service."""
+"""lmforge preprocess service: cleans, de-duplicates and masks records; cuts dataset versions."""

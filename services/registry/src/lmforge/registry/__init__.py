@@ -1,1 +1,1 @@
-"""lmforge registry service."""
+"""lmforge registry service: model versions, aliases, promotion gates and the audit log."""

@@ -1,1 +1,1 @@
-"""lmforge trainer service."""
+"""lmforge trainer service: fine-tunes causal language models on dataset versions."""

@@ -26,14 +26,16 @@ from sqlalchemy import (
     select,
     update,
 )
+from opentelemetry.trace import SpanKind
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .. import metrics
 from ..events import Event, EventPayload
 from ..kafka.producer import BrokerUnavailable, EventProducer
-from ..telemetry import get_logger, inject_context
+from ..telemetry import extract_context, get_logger, inject_context, tracer
 
 log = get_logger(__name__)
+_TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 
 
 class Outbox:
@@ -121,8 +123,7 @@ class OutboxRelay:
             published: list[int] = []
             try:
                 for row in rows:
-                    headers = [(k, v.encode()) for k, v in json.loads(row.headers)]
-                    await self.producer.send_raw(row.topic, row.value, key=row.key.encode(), headers=headers)
+                    await self._publish_row(row.topic, row.key, row.value, json.loads(row.headers))
                     published.append(row.id)
                     metrics.outbox_published.labels(row.topic).inc()
             finally:
@@ -130,6 +131,23 @@ class OutboxRelay:
                 if published:
                     await session.execute(update(t).where(t.c.id.in_(published)).values(published_at=datetime.now(UTC)))
         return len(published)
+
+    async def _publish_row(self, topic: str, key: str, value: bytes, stored: list[list[str]]) -> None:
+        """Publish under a span whose parent is the context of the transaction that wrote the row."""
+        headers = [(k, v.encode()) for k, v in stored]
+        trace_free = [(k, v) for k, v in headers if k not in _TRACE_HEADERS]
+        with tracer().start_as_current_span(
+            f"{topic} publish",
+            context=extract_context(headers),
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.destination.name": topic,
+                "messaging.message.id": dict(stored).get("ce_id", ""),
+                "lmforge.outbox": True,
+            },
+        ):
+            await self.producer.send_raw(topic, value, key=key.encode(), headers=inject_context(trace_free))
 
     async def run(self) -> None:
         while not self._stopping:

@@ -109,6 +109,7 @@ class TrainingRequestedV1(EventPayload):
     model_name: str
     dataset: str
     dataset_version: int
+    dataset_manifest_uri: str
     base_model: str = "builtin:tiny-gpt2"
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     requested_by: str | None = None

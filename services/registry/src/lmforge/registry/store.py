@@ -1,0 +1,127 @@
+"""Version registration, the promotion gate and alias moves: each one transaction with its events."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from lmforge.common.events import AliasMovedV1, ModelReadyV1, ModelVersionRegisteredV1, Topic
+
+from .models import aliases, audit_log, model_versions, outbox
+from .settings import RegistrySettings
+
+
+class VersionNotFound(LookupError):
+    pass
+
+
+async def audit(session: AsyncSession, actor: str, action: str, model: str, **details: Any) -> None:
+    await session.execute(
+        audit_log.insert().values(at=datetime.now(UTC), actor=actor, action=action, model_name=model, details=details)
+    )
+
+
+async def current_alias(session: AsyncSession, model: str, alias: str) -> int | None:
+    return (
+        await session.execute(
+            select(aliases.c.version).where(aliases.c.model_name == model, aliases.c.alias == alias)
+        )
+    ).scalar_one_or_none()
+
+
+async def get_version(session: AsyncSession, model: str, version: int) -> Any:
+    row = (
+        await session.execute(
+            select(model_versions).where(model_versions.c.model_name == model, model_versions.c.version == version)
+        )
+    ).first()
+    if row is None:
+        raise VersionNotFound(f"model {model} has no version {version}")
+    return row
+
+
+async def move_alias(
+    session: AsyncSession, model: str, alias: str, version: int, *, actor: str, reason: str
+) -> AliasMovedV1:
+    """Point ``alias`` at ``version`` and announce it (inference deploys on the event)."""
+    row = await get_version(session, model, version)
+    previous = await current_alias(session, model, alias)
+    now = datetime.now(UTC)
+    if previous is None:
+        await session.execute(aliases.insert().values(model_name=model, alias=alias, version=version, updated_at=now))
+    else:
+        await session.execute(
+            update(aliases).where(aliases.c.model_name == model, aliases.c.alias == alias).values(version=version, updated_at=now)
+        )
+    event = AliasMovedV1(model_name=model, alias=alias, version=version, previous_version=previous,
+                         artifact_uri=row.artifact_uri, reason=reason)
+    await outbox.add(session, Topic.MODEL_EVENTS, event, key=model)
+    await audit(session, actor, "alias_moved", model, alias=alias, version=version, previous=previous, reason=reason)
+    return event
+
+
+async def register(session: AsyncSession, ready: ModelReadyV1, settings: RegistrySettings) -> dict[str, Any] | None:
+    """Register a trained model once (by run id) and promote it if it passes the gate."""
+    exists = (await session.execute(select(model_versions.c.version).where(model_versions.c.run_id == ready.run_id))).first()
+    if exists:
+        return None
+    version = (
+        await session.execute(
+            select(func.coalesce(func.max(model_versions.c.version), 0)).where(model_versions.c.model_name == ready.model_name)
+        )
+    ).scalar_one() + 1
+    alias = settings.gate_alias
+    current = await current_alias(session, ready.model_name, alias)
+    current_ppl = None
+    if current is not None:
+        current_ppl = (await get_version(session, ready.model_name, current)).metrics.get("val_perplexity")
+    ppl = ready.metrics.get("val_perplexity")
+    reasons = []
+    if ppl is None:
+        reasons.append("no val_perplexity metric")
+    else:
+        if ppl > settings.gate_max_val_perplexity:
+            reasons.append(f"val_perplexity {ppl:.3f} above ceiling {settings.gate_max_val_perplexity}")
+        if current_ppl is not None and ppl > current_ppl:
+            reasons.append(f"val_perplexity {ppl:.3f} worse than {alias} v{current} ({current_ppl:.3f})")
+    gate = {"passed": not reasons, "reasons": reasons, "ceiling": settings.gate_max_val_perplexity,
+            "compared_to": current, "compared_perplexity": current_ppl}
+    await session.execute(
+        model_versions.insert().values(
+            model_name=ready.model_name, version=version, run_id=ready.run_id, job_id=ready.job_id,
+            artifact_uri=ready.artifact_uri, base_model=ready.base_model, dataset=ready.dataset,
+            dataset_version=ready.dataset_version, dataset_manifest_uri=ready.dataset_manifest_uri,
+            hyperparameters=ready.hyperparameters.model_dump(), metrics=ready.metrics, gate=gate,
+            deployment={}, created_at=datetime.now(UTC),
+        )
+    )
+    await outbox.add(
+        session, Topic.MODEL_EVENTS,
+        ModelVersionRegisteredV1(model_name=ready.model_name, version=version, run_id=ready.run_id,
+                                 artifact_uri=ready.artifact_uri, metrics=ready.metrics),
+        key=ready.model_name,
+    )
+    await audit(session, "registry", "version_registered", ready.model_name, version=version, run_id=ready.run_id, gate=gate)
+    if gate["passed"]:
+        await move_alias(session, ready.model_name, alias, version, actor="registry-gate",
+                         reason=f"passed gate: val_perplexity {ppl}")
+    return {"version": version, "gate": gate}
+
+
+def version_view(row: Any) -> dict[str, Any]:
+    return {
+        "model_name": row.model_name, "version": row.version, "run_id": row.run_id, "job_id": row.job_id,
+        "artifact_uri": row.artifact_uri, "metrics": row.metrics, "gate": row.gate, "deployment": row.deployment,
+        "created_at": row.created_at.isoformat(),
+    }
+
+
+def lineage_view(row: Any) -> dict[str, Any]:
+    return version_view(row) | {
+        "base_model": row.base_model,
+        "hyperparameters": row.hyperparameters,
+        "dataset": {"name": row.dataset, "version": row.dataset_version, "manifest_uri": row.dataset_manifest_uri},
+    }

@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from pydantic import Field
+
+from lmforge.common.settings import DatabaseSettings, HttpSettings, ServiceSettings, service_config
+
+
+class TrainerSettings(ServiceSettings):
+    model_config = service_config("trainer")
+
+    service_name: str = "trainer"
+    http: HttpSettings = Field(default_factory=lambda: HttpSettings(port=8103))
+    database: DatabaseSettings = Field(default_factory=lambda: DatabaseSettings(url="sqlite+aiosqlite:///var/trainer.db"))
+    consumer_group: str = "lmforge-trainer"
+    # Jobs run one at a time, each in its own process; the event loop never trains.
+    poll_interval_s: float = 1.0
+    job_timeout_s: float = 3600.0
+    work_dir: str = "var/trainer-work"
