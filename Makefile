@@ -8,7 +8,7 @@ PACKAGES := libs/common libs/devstack \
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast lint format bench demo schemas clean
+.PHONY: install test test-fast lint format bench demo up schemas clean
 
 install: $(STAMP)
 
@@ -38,6 +38,12 @@ format: $(STAMP)
 
 schemas: $(STAMP)
 	$(BIN)/python -m lmforge.common.events.schema docs/events
+
+demo: $(STAMP)
+	$(BIN)/lmforge demo
+
+up: $(STAMP)
+	$(BIN)/lmforge up
 
 bench: $(STAMP)
 	$(BIN)/python bench/bus_throughput.py

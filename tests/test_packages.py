@@ -16,7 +16,9 @@ def test_service_package_imports_and_depends_on_common(service: str) -> None:
     assert module.__doc__
     deps = requires(f"lmforge-{service}") or []
     assert any(d.startswith("lmforge-common") for d in deps)
-    assert not any(d.startswith(f"lmforge-{other}") for d in deps for other in SERVICES), "services never import each other"
+    assert not any(d.startswith(f"lmforge-{other}") for d in deps for other in SERVICES), (
+        "services never import each other"
+    )
 
 
 def test_common_and_devstack_import() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -100,6 +100,14 @@ def create_app(
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", error=repr(exc))
         return JSONResponse(error_body("internal_error", "internal error"), status_code=500)
+
+    @app.middleware("http")
+    async def _trace_header(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        trace_id = current_trace_id()
+        if trace_id:
+            response.headers["X-Trace-Id"] = trace_id  # the trace to look up in Grafana/Tempo
+        return response
 
     _instrument(app)
     return app

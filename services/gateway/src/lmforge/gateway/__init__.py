@@ -1,1 +1,1 @@
-"""lmforge gateway service."""
+"""lmforge gateway service: the public REST API (authentication, scopes, routing)."""

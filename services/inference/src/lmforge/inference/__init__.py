@@ -1,1 +1,1 @@
-"""lmforge inference service."""
+"""lmforge inference service: reconciles registry aliases with Triton and serves generation."""

@@ -10,7 +10,9 @@ class IngestSettings(ServiceSettings):
 
     service_name: str = "ingest"
     http: HttpSettings = Field(default_factory=lambda: HttpSettings(port=8101))
-    database: DatabaseSettings = Field(default_factory=lambda: DatabaseSettings(url="sqlite+aiosqlite:///var/ingest.db"))
+    database: DatabaseSettings = Field(
+        default_factory=lambda: DatabaseSettings(url="sqlite+aiosqlite:///var/ingest.db")
+    )
     # Topics that upstream business systems write records to (documented JSON, any producer).
     upstream_topics: list[str] = Field(default_factory=lambda: ["upstream.records"])
     consumer_group: str = "lmforge-ingest"

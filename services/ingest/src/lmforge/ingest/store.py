@@ -90,9 +90,7 @@ class RawRecordStore:
             ]
             await self.producer.publish_many(Topic.RAW_DATA, events)  # type: ignore[arg-type]
             async with self.db.sessions.begin() as session:
-                await session.execute(
-                    update(t).where(t.c.id.in_(list(pending))).values(published_at=datetime.now(UTC))
-                )
+                await session.execute(update(t).where(t.c.id.in_(list(pending))).values(published_at=datetime.now(UTC)))
         results = []
         for r in rows:
             row = by_key[(r["source"], r["source_id"], r["content_hash"])]

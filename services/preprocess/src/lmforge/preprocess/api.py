@@ -22,7 +22,9 @@ def _store(request: Request) -> DatasetStore:
 
 
 @router.post("/datasets/{name}/versions", status_code=201)
-async def create_version(request: Request, body: CreateVersion | None = None, name: str = DatasetName) -> dict[str, Any]:
+async def create_version(
+    request: Request, body: CreateVersion | None = None, name: str = DatasetName
+) -> dict[str, Any]:
     try:
         return await _store(request).create_version(name, (body.sources if body else None))
     except EmptyDataset as exc:

@@ -23,7 +23,9 @@ def build_app(settings: PreprocessSettings | None = None) -> FastAPI:
         settings, migrations=MIGRATIONS, outbox=outbox, produces=[Topic.CLEANED_DATA, Topic.DATASET_EVENTS]
     )
     assert runtime.relay is not None
-    runtime.consume(settings.consumer_group, [Topic.RAW_DATA], RawRecordHandler(runtime.db, settings.consumer_group, runtime.relay))
+    runtime.consume(
+        settings.consumer_group, [Topic.RAW_DATA], RawRecordHandler(runtime.db, settings.consumer_group, runtime.relay)
+    )
     app = create_app("preprocess", lifespan=runtime.lifespan, readiness=runtime.readiness())
     app.state.settings, app.state.runtime = settings, runtime
     app.state.datasets = DatasetStore(runtime.db, runtime.artifacts, runtime.relay)

@@ -37,29 +37,50 @@ class RawRecordHandler:
                 )
                 return
             original = (
-                await session.execute(select(cleaned_records.c.record_id).where(cleaned_records.c.content_hash == digest))
+                await session.execute(
+                    select(cleaned_records.c.record_id).where(cleaned_records.c.content_hash == digest)
+                )
             ).scalar_one_or_none()
             if original is not None:
                 await session.execute(
                     dropped_records.insert().values(
-                        raw_event_id=event.id, record_id=raw.record_id, reason="duplicate",
-                        duplicate_of=original, created_at=now,
+                        raw_event_id=event.id,
+                        record_id=raw.record_id,
+                        reason="duplicate",
+                        duplicate_of=original,
+                        created_at=now,
                     )
                 )
                 return
             split = split_for(raw.record_id)
             await session.execute(
                 cleaned_records.insert().values(
-                    record_id=raw.record_id, raw_event_id=event.id, content_hash=digest,
-                    raw_content_hash=raw.content_hash, source=raw.source, text=text, label=raw.label,
-                    metadata=raw.metadata, masked_entities=masked, split=split.value,
-                    source_partition=msg.partition, source_offset=msg.offset, created_at=now,
+                    record_id=raw.record_id,
+                    raw_event_id=event.id,
+                    content_hash=digest,
+                    raw_content_hash=raw.content_hash,
+                    source=raw.source,
+                    text=text,
+                    label=raw.label,
+                    metadata=raw.metadata,
+                    masked_entities=masked,
+                    split=split.value,
+                    source_partition=msg.partition,
+                    source_offset=msg.offset,
+                    created_at=now,
                 )
             )
             cleaned = CleanedRecordV1(
-                record_id=raw.record_id, source=raw.source, source_id=raw.source_id, text=text,
-                content_hash=digest, raw_content_hash=raw.content_hash, split=split, label=raw.label,
-                metadata=raw.metadata, masked_entities=masked,
+                record_id=raw.record_id,
+                source=raw.source,
+                source_id=raw.source_id,
+                text=text,
+                content_hash=digest,
+                raw_content_hash=raw.content_hash,
+                split=split,
+                label=raw.label,
+                metadata=raw.metadata,
+                masked_entities=masked,
             )
             await outbox.add(session, Topic.CLEANED_DATA, cleaned, key=raw.record_id, subject=raw.record_id)
         self.relay.wake()

@@ -34,8 +34,16 @@ class DatasetStore:
     async def create_version(self, dataset: str, sources: list[str] | None = None) -> dict[str, Any]:
         """Snapshot the cleaned records (optionally of some sources) as the dataset's next version."""
         t = cleaned_records
-        query = select(t.c.record_id, t.c.content_hash, t.c.text, t.c.label, t.c.split, t.c.source,
-                       t.c.source_partition, t.c.source_offset).order_by(t.c.id)
+        query = select(
+            t.c.record_id,
+            t.c.content_hash,
+            t.c.text,
+            t.c.label,
+            t.c.split,
+            t.c.source,
+            t.c.source_partition,
+            t.c.source_offset,
+        ).order_by(t.c.id)
         if sources:
             query = query.where(t.c.source.in_(sources))
         async with self.db.sessions() as session:
@@ -53,12 +61,14 @@ class DatasetStore:
         shards = {}
         for split in Split:
             part = [r for r in rows if r.split == split.value]
-            table = pa.table({
-                "record_id": [r.record_id for r in part],
-                "content_hash": [r.content_hash for r in part],
-                "text": [r.text for r in part],
-                "label": pa.array([r.label for r in part], type=pa.string()),
-            })
+            table = pa.table(
+                {
+                    "record_id": [r.record_id for r in part],
+                    "content_hash": [r.content_hash for r in part],
+                    "text": [r.text for r in part],
+                    "label": pa.array([r.label for r in part], type=pa.string()),
+                }
+            )
             buf = io.BytesIO()
             pq.write_table(table, buf)
             shards[split.value] = self.artifacts.write_bytes(f"{prefix}/{split.value}.parquet", buf.getvalue())
@@ -86,16 +96,25 @@ class DatasetStore:
         async with self.db.sessions.begin() as session:
             await session.execute(
                 dataset_versions.insert().values(
-                    dataset=dataset, version=version, manifest_uri=manifest_uri, record_count=len(rows),
-                    split_counts=split_counts, config_hash=CONFIG_HASH, created_at=datetime.now(UTC),
+                    dataset=dataset,
+                    version=version,
+                    manifest_uri=manifest_uri,
+                    record_count=len(rows),
+                    split_counts=split_counts,
+                    config_hash=CONFIG_HASH,
+                    created_at=datetime.now(UTC),
                 )
             )
             await outbox.add(
                 session,
                 Topic.DATASET_EVENTS,
                 DatasetVersionCreatedV1(
-                    dataset=dataset, version=version, manifest_uri=manifest_uri, record_count=len(rows),
-                    split_counts=split_counts, config_hash=CONFIG_HASH,
+                    dataset=dataset,
+                    version=version,
+                    manifest_uri=manifest_uri,
+                    record_count=len(rows),
+                    split_counts=split_counts,
+                    config_hash=CONFIG_HASH,
                 ),
                 key=dataset,
             )

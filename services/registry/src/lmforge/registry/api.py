@@ -27,11 +27,17 @@ def _not_found(exc: Exception) -> HTTPException:
 @router.get("/models")
 async def list_models(request: Request) -> list[dict[str, Any]]:
     async with request.app.state.runtime.db.sessions() as session:
-        versions = (await session.execute(select(model_versions).order_by(model_versions.c.model_name, model_versions.c.version))).all()
+        versions = (
+            await session.execute(
+                select(model_versions).order_by(model_versions.c.model_name, model_versions.c.version)
+            )
+        ).all()
         alias_rows = (await session.execute(select(aliases))).all()
     models: dict[str, dict[str, Any]] = {}
     for v in versions:
-        models.setdefault(v.model_name, {"name": v.model_name, "aliases": {}, "versions": []})["versions"].append(version_view(v))
+        models.setdefault(v.model_name, {"name": v.model_name, "aliases": {}, "versions": []})["versions"].append(
+            version_view(v)
+        )
     for a in alias_rows:
         if a.model_name in models:
             models[a.model_name]["aliases"][a.alias] = a.version
@@ -72,5 +78,7 @@ async def put_alias(request: Request, name: str, alias: str, body: AliasMove) ->
 @router.get("/models/{name}/audit")
 async def read_audit(request: Request, name: str) -> list[dict[str, Any]]:
     async with request.app.state.runtime.db.sessions() as session:
-        rows = (await session.execute(select(audit_log).where(audit_log.c.model_name == name).order_by(audit_log.c.id))).all()
+        rows = (
+            await session.execute(select(audit_log).where(audit_log.c.model_name == name).order_by(audit_log.c.id))
+        ).all()
     return [{"at": r.at.isoformat(), "actor": r.actor, "action": r.action, "details": r.details} for r in rows]

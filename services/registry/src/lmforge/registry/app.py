@@ -21,7 +21,9 @@ def build_app(settings: RegistrySettings | None = None) -> FastAPI:
     runtime = ServiceRuntime(settings, migrations=MIGRATIONS, outbox=outbox, produces=[Topic.MODEL_EVENTS])
     assert runtime.relay is not None
     runtime.consume(
-        settings.consumer_group, [Topic.MODEL_READY, Topic.DEPLOYMENT_EVENTS], RegistryHandler(runtime.db, settings, runtime.relay)
+        settings.consumer_group,
+        [Topic.MODEL_READY, Topic.DEPLOYMENT_EVENTS],
+        RegistryHandler(runtime.db, settings, runtime.relay),
     )
     app = create_app("registry", lifespan=runtime.lifespan, readiness=runtime.readiness())
     app.state.settings, app.state.runtime = settings, runtime

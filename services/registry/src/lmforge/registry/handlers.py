@@ -38,9 +38,23 @@ class RegistryHandler:
                 await session.execute(
                     update(model_versions)
                     .where(model_versions.c.model_name == d.model_name, model_versions.c.version == d.version)
-                    .values(deployment={"state": d.state, "alias": d.alias, "triton_model": d.triton_model,
-                                        "error": d.error, "at": datetime.now(UTC).isoformat()})
+                    .values(
+                        deployment={
+                            "state": d.state,
+                            "alias": d.alias,
+                            "triton_model": d.triton_model,
+                            "error": d.error,
+                            "at": datetime.now(UTC).isoformat(),
+                        }
+                    )
                 )
-                await audit(session, "inference", f"deployment_{d.state}", d.model_name, version=d.version,
-                            alias=d.alias, error=d.error)
+                await audit(
+                    session,
+                    "inference",
+                    f"deployment_{d.state}",
+                    d.model_name,
+                    version=d.version,
+                    alias=d.alias,
+                    error=d.error,
+                )
         self.relay.wake()

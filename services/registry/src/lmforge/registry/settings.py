@@ -10,7 +10,9 @@ class RegistrySettings(ServiceSettings):
 
     service_name: str = "registry"
     http: HttpSettings = Field(default_factory=lambda: HttpSettings(port=8104))
-    database: DatabaseSettings = Field(default_factory=lambda: DatabaseSettings(url="sqlite+aiosqlite:///var/registry.db"))
+    database: DatabaseSettings = Field(
+        default_factory=lambda: DatabaseSettings(url="sqlite+aiosqlite:///var/registry.db")
+    )
     consumer_group: str = "lmforge-registry"
     # Promotion gate: a version moves `production` only below this validation perplexity, and
     # only if it is no worse than the version production points at.

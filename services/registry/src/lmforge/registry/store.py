@@ -26,9 +26,7 @@ async def audit(session: AsyncSession, actor: str, action: str, model: str, **de
 
 async def current_alias(session: AsyncSession, model: str, alias: str) -> int | None:
     return (
-        await session.execute(
-            select(aliases.c.version).where(aliases.c.model_name == model, aliases.c.alias == alias)
-        )
+        await session.execute(select(aliases.c.version).where(aliases.c.model_name == model, aliases.c.alias == alias))
     ).scalar_one_or_none()
 
 
@@ -54,10 +52,18 @@ async def move_alias(
         await session.execute(aliases.insert().values(model_name=model, alias=alias, version=version, updated_at=now))
     else:
         await session.execute(
-            update(aliases).where(aliases.c.model_name == model, aliases.c.alias == alias).values(version=version, updated_at=now)
+            update(aliases)
+            .where(aliases.c.model_name == model, aliases.c.alias == alias)
+            .values(version=version, updated_at=now)
         )
-    event = AliasMovedV1(model_name=model, alias=alias, version=version, previous_version=previous,
-                         artifact_uri=row.artifact_uri, reason=reason)
+    event = AliasMovedV1(
+        model_name=model,
+        alias=alias,
+        version=version,
+        previous_version=previous,
+        artifact_uri=row.artifact_uri,
+        reason=reason,
+    )
     await outbox.add(session, Topic.MODEL_EVENTS, event, key=model)
     await audit(session, actor, "alias_moved", model, alias=alias, version=version, previous=previous, reason=reason)
     return event
@@ -65,12 +71,16 @@ async def move_alias(
 
 async def register(session: AsyncSession, ready: ModelReadyV1, settings: RegistrySettings) -> dict[str, Any] | None:
     """Register a trained model once (by run id) and promote it if it passes the gate."""
-    exists = (await session.execute(select(model_versions.c.version).where(model_versions.c.run_id == ready.run_id))).first()
+    exists = (
+        await session.execute(select(model_versions.c.version).where(model_versions.c.run_id == ready.run_id))
+    ).first()
     if exists:
         return None
     version = (
         await session.execute(
-            select(func.coalesce(func.max(model_versions.c.version), 0)).where(model_versions.c.model_name == ready.model_name)
+            select(func.coalesce(func.max(model_versions.c.version), 0)).where(
+                model_versions.c.model_name == ready.model_name
+            )
         )
     ).scalar_one() + 1
     alias = settings.gate_alias
@@ -87,34 +97,68 @@ async def register(session: AsyncSession, ready: ModelReadyV1, settings: Registr
             reasons.append(f"val_perplexity {ppl:.3f} above ceiling {settings.gate_max_val_perplexity}")
         if current_ppl is not None and ppl > current_ppl:
             reasons.append(f"val_perplexity {ppl:.3f} worse than {alias} v{current} ({current_ppl:.3f})")
-    gate = {"passed": not reasons, "reasons": reasons, "ceiling": settings.gate_max_val_perplexity,
-            "compared_to": current, "compared_perplexity": current_ppl}
+    gate = {
+        "passed": not reasons,
+        "reasons": reasons,
+        "ceiling": settings.gate_max_val_perplexity,
+        "compared_to": current,
+        "compared_perplexity": current_ppl,
+    }
     await session.execute(
         model_versions.insert().values(
-            model_name=ready.model_name, version=version, run_id=ready.run_id, job_id=ready.job_id,
-            artifact_uri=ready.artifact_uri, base_model=ready.base_model, dataset=ready.dataset,
-            dataset_version=ready.dataset_version, dataset_manifest_uri=ready.dataset_manifest_uri,
-            hyperparameters=ready.hyperparameters.model_dump(), metrics=ready.metrics, gate=gate,
-            deployment={}, created_at=datetime.now(UTC),
+            model_name=ready.model_name,
+            version=version,
+            run_id=ready.run_id,
+            job_id=ready.job_id,
+            artifact_uri=ready.artifact_uri,
+            base_model=ready.base_model,
+            dataset=ready.dataset,
+            dataset_version=ready.dataset_version,
+            dataset_manifest_uri=ready.dataset_manifest_uri,
+            hyperparameters=ready.hyperparameters.model_dump(),
+            metrics=ready.metrics,
+            gate=gate,
+            deployment={},
+            created_at=datetime.now(UTC),
         )
     )
     await outbox.add(
-        session, Topic.MODEL_EVENTS,
-        ModelVersionRegisteredV1(model_name=ready.model_name, version=version, run_id=ready.run_id,
-                                 artifact_uri=ready.artifact_uri, metrics=ready.metrics),
+        session,
+        Topic.MODEL_EVENTS,
+        ModelVersionRegisteredV1(
+            model_name=ready.model_name,
+            version=version,
+            run_id=ready.run_id,
+            artifact_uri=ready.artifact_uri,
+            metrics=ready.metrics,
+        ),
         key=ready.model_name,
     )
-    await audit(session, "registry", "version_registered", ready.model_name, version=version, run_id=ready.run_id, gate=gate)
+    await audit(
+        session, "registry", "version_registered", ready.model_name, version=version, run_id=ready.run_id, gate=gate
+    )
     if gate["passed"]:
-        await move_alias(session, ready.model_name, alias, version, actor="registry-gate",
-                         reason=f"passed gate: val_perplexity {ppl}")
+        await move_alias(
+            session,
+            ready.model_name,
+            alias,
+            version,
+            actor="registry-gate",
+            reason=f"passed gate: val_perplexity {ppl}",
+        )
     return {"version": version, "gate": gate}
 
 
 def version_view(row: Any) -> dict[str, Any]:
     return {
-        "model_name": row.model_name, "version": row.version, "run_id": row.run_id, "job_id": row.job_id,
-        "artifact_uri": row.artifact_uri, "metrics": row.metrics, "gate": row.gate, "deployment": row.deployment,
+        "model_name": row.model_name,
+        "version": row.version,
+        "run_id": row.run_id,
+        "job_id": row.job_id,
+        "artifact_uri": row.artifact_uri,
+        "metrics": row.metrics,
+        "gate": row.gate,
+        "deployment": row.deployment,
         "created_at": row.created_at.isoformat(),
     }
 

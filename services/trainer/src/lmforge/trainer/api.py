@@ -15,17 +15,29 @@ router = APIRouter()
 def _public(row: Any) -> dict[str, Any]:
     hp = {k: v for k, v in row.hyperparameters.items() if not k.startswith("_")}
     return {
-        "job_id": row.job_id, "run_id": row.run_id, "model_name": row.model_name, "dataset": row.dataset,
-        "dataset_version": row.dataset_version, "base_model": row.base_model, "hyperparameters": hp,
-        "state": row.state, "step": row.step, "metrics": row.metrics, "artifact_uri": row.artifact_uri,
-        "error": row.error, "created_at": row.created_at.isoformat(), "updated_at": row.updated_at.isoformat(),
+        "job_id": row.job_id,
+        "run_id": row.run_id,
+        "model_name": row.model_name,
+        "dataset": row.dataset,
+        "dataset_version": row.dataset_version,
+        "base_model": row.base_model,
+        "hyperparameters": hp,
+        "state": row.state,
+        "step": row.step,
+        "metrics": row.metrics,
+        "artifact_uri": row.artifact_uri,
+        "error": row.error,
+        "created_at": row.created_at.isoformat(),
+        "updated_at": row.updated_at.isoformat(),
     }
 
 
 @router.get("/jobs")
 async def list_jobs(request: Request, limit: int = 50) -> list[dict[str, Any]]:
     async with request.app.state.runtime.db.sessions() as session:
-        rows = (await session.execute(select(training_jobs).order_by(training_jobs.c.created_at.desc()).limit(limit))).all()
+        rows = (
+            await session.execute(select(training_jobs).order_by(training_jobs.c.created_at.desc()).limit(limit))
+        ).all()
     return [_public(r) for r in rows]
 
 

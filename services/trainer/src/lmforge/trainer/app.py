@@ -23,7 +23,11 @@ def build_app(settings: TrainerSettings | None = None) -> FastAPI:
     )
     assert runtime.relay is not None
     executor = JobExecutor(settings, runtime.db, runtime.artifacts, runtime.relay)
-    runtime.consume(settings.consumer_group, [Topic.TRAINING_REQUESTS], TrainingRequestHandler(runtime.db, settings.consumer_group, executor))
+    runtime.consume(
+        settings.consumer_group,
+        [Topic.TRAINING_REQUESTS],
+        TrainingRequestHandler(runtime.db, settings.consumer_group, executor),
+    )
     runtime.background("job-executor", executor.run)
     app = create_app("trainer", lifespan=runtime.lifespan, readiness=runtime.readiness())
     app.state.settings, app.state.runtime, app.state.executor = settings, runtime, executor

@@ -61,11 +61,19 @@ class TrainingRequestHandler:
                 return
             await session.execute(
                 training_jobs.insert().values(
-                    job_id=req.job_id, run_id=f"run-{uuid.uuid4().hex[:12]}", model_name=req.model_name,
-                    dataset=req.dataset, dataset_version=req.dataset_version, base_model=req.base_model,
+                    job_id=req.job_id,
+                    run_id=f"run-{uuid.uuid4().hex[:12]}",
+                    model_name=req.model_name,
+                    dataset=req.dataset,
+                    dataset_version=req.dataset_version,
+                    base_model=req.base_model,
                     hyperparameters=req.hyperparameters.model_dump() | {"_manifest": req.dataset_manifest_uri},
-                    state=JobState.QUEUED, step=0, metrics={}, traceparent=traceparent,
-                    created_at=now, updated_at=now,
+                    state=JobState.QUEUED,
+                    step=0,
+                    metrics={},
+                    traceparent=traceparent,
+                    created_at=now,
+                    updated_at=now,
                 )
             )
         self.executor.wake()
@@ -129,7 +137,10 @@ class JobExecutor:
         async with self.db.sessions() as session:
             return (
                 await session.execute(
-                    select(training_jobs).where(training_jobs.c.state == JobState.QUEUED).order_by(training_jobs.c.created_at).limit(1)
+                    select(training_jobs)
+                    .where(training_jobs.c.state == JobState.QUEUED)
+                    .order_by(training_jobs.c.created_at)
+                    .limit(1)
                 )
             ).first()
 
@@ -148,8 +159,12 @@ class JobExecutor:
             "training job",
             context=parent,
             links=_link_to(manifest.get("trace", {}).get("traceparent")),
-            attributes={"lmforge.job_id": job.job_id, "lmforge.run_id": job.run_id, "lmforge.model": job.model_name,
-                        "lmforge.dataset": f"{job.dataset}@{job.dataset_version}"},
+            attributes={
+                "lmforge.job_id": job.job_id,
+                "lmforge.run_id": job.run_id,
+                "lmforge.model": job.model_name,
+                "lmforge.dataset": f"{job.dataset}@{job.dataset_version}",
+            },
         ) as span:
             async with self.db.sessions.begin() as session:
                 await self._set(session, job.job_id, state=JobState.RUNNING)
@@ -169,27 +184,50 @@ class JobExecutor:
                 return
             metrics = result["metrics"]
             async with self.db.sessions.begin() as session:
-                await self._set(session, job.job_id, state=JobState.SUCCEEDED, metrics=metrics,
-                                artifact_uri=result["artifact_uri"], step=int(metrics["steps"]))
+                await self._set(
+                    session,
+                    job.job_id,
+                    state=JobState.SUCCEEDED,
+                    metrics=metrics,
+                    artifact_uri=result["artifact_uri"],
+                    step=int(metrics["steps"]),
+                )
                 await self._status(session, job, JobState.SUCCEEDED, metrics=metrics)
                 await outbox.add(
-                    session, Topic.MODEL_READY,
+                    session,
+                    Topic.MODEL_READY,
                     ModelReadyV1(
-                        model_name=job.model_name, run_id=job.run_id, job_id=job.job_id,
-                        artifact_uri=result["artifact_uri"], base_model=job.base_model, dataset=job.dataset,
-                        dataset_version=job.dataset_version, dataset_manifest_uri=manifest_uri,
-                        hyperparameters=Hyperparameters.model_validate(hp), metrics=metrics,
+                        model_name=job.model_name,
+                        run_id=job.run_id,
+                        job_id=job.job_id,
+                        artifact_uri=result["artifact_uri"],
+                        base_model=job.base_model,
+                        dataset=job.dataset,
+                        dataset_version=job.dataset_version,
+                        dataset_manifest_uri=manifest_uri,
+                        hyperparameters=Hyperparameters.model_validate(hp),
+                        metrics=metrics,
                     ),
                     key=job.model_name,
                 )
             self.relay.wake()
             log.info("training job succeeded", job_id=job.job_id, run_id=job.run_id, metrics=metrics)
 
-    async def _status(self, session: Any, job: Any, state: JobState, *, metrics: dict[str, float] | None = None,
-                      error: str | None = None) -> None:
+    async def _status(
+        self,
+        session: Any,
+        job: Any,
+        state: JobState,
+        *,
+        metrics: dict[str, float] | None = None,
+        error: str | None = None,
+    ) -> None:
         await outbox.add(
-            session, Topic.TRAINING_EVENTS,
-            TrainingStatusV1(job_id=job.job_id, model_name=job.model_name, state=state, metrics=metrics or {}, error=error),
+            session,
+            Topic.TRAINING_EVENTS,
+            TrainingStatusV1(
+                job_id=job.job_id, model_name=job.model_name, state=state, metrics=metrics or {}, error=error
+            ),
             key=job.job_id,
         )
 
@@ -198,14 +236,26 @@ class JobExecutor:
         work.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=work) as tmp:
             spec_path, result_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
-            spec_path.write_text(json.dumps({
-                "hyperparameters": hp, "base_model": job.base_model, "dataset_manifest_uri": manifest_uri,
-                "artifacts_url": self.artifacts.url,
-                "artifact_key": f"models/{job.model_name}/{job.run_id}",
-            }))
+            spec_path.write_text(
+                json.dumps(
+                    {
+                        "hyperparameters": hp,
+                        "base_model": job.base_model,
+                        "dataset_manifest_uri": manifest_uri,
+                        "artifacts_url": self.artifacts.url,
+                        "artifact_key": f"models/{job.model_name}/{job.run_id}",
+                    }
+                )
+            )
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "lmforge.trainer.train", str(spec_path), str(result_path),
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                sys.executable,
+                "-P",
+                "-m",
+                "lmforge.trainer.train",
+                str(spec_path),
+                str(result_path),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
             )
             self._current = (job.job_id, proc)
             try:

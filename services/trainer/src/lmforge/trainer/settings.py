@@ -10,7 +10,9 @@ class TrainerSettings(ServiceSettings):
 
     service_name: str = "trainer"
     http: HttpSettings = Field(default_factory=lambda: HttpSettings(port=8103))
-    database: DatabaseSettings = Field(default_factory=lambda: DatabaseSettings(url="sqlite+aiosqlite:///var/trainer.db"))
+    database: DatabaseSettings = Field(
+        default_factory=lambda: DatabaseSettings(url="sqlite+aiosqlite:///var/trainer.db")
+    )
     consumer_group: str = "lmforge-trainer"
     # Jobs run one at a time, each in its own process; the event loop never trains.
     poll_interval_s: float = 1.0

@@ -44,20 +44,34 @@ def load_split(store: ArtifactStore, uri: str) -> list[str]:
 
 
 def build_tokenizer(texts: list[str], vocab_size: int = 2000) -> PreTrainedTokenizerFast:
-    from tokenizers import ByteLevelBPETokenizer
+    """A byte-level BPE (GPT-2's scheme) trained on the dataset: every byte is representable."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=1, special_tokens=[EOS, PAD])
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, bos_token=EOS, pad_token=PAD, unk_token=EOS)
-    return tok
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=1,
+        special_tokens=[EOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, bos_token=EOS, pad_token=PAD, unk_token=EOS)
 
 
 def build_model(base: str, texts: list[str], hp: Hyperparameters) -> tuple[Any, Any]:
     if base == BUILTIN:
         tok = build_tokenizer(texts)
         config = GPT2Config(
-            vocab_size=len(tok), n_positions=hp.max_seq_len, n_embd=64, n_layer=2, n_head=2,
-            bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            vocab_size=len(tok),
+            n_positions=hp.max_seq_len,
+            n_embd=64,
+            n_layer=2,
+            n_head=2,
+            bos_token_id=tok.eos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
         )
         return GPT2LMHeadModel(config), tok
     path = Path(base)
@@ -125,7 +139,9 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     early_stopped = False
     started = time.monotonic()
     for step in range(1, hp.max_steps + 1):
-        ids, mask, labels = batch_tensors(random.sample(train_seqs, min(hp.batch_size, len(train_seqs))), tok.pad_token_id, device)
+        ids, mask, labels = batch_tensors(
+            random.sample(train_seqs, min(hp.batch_size, len(train_seqs))), tok.pad_token_id, device
+        )
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

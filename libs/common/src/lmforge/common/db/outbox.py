@@ -13,6 +13,7 @@ import asyncio
 import json
 from datetime import UTC, datetime
 
+from opentelemetry.trace import SpanKind
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -26,7 +27,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from opentelemetry.trace import SpanKind
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .. import metrics

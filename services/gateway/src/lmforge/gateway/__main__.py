@@ -1,0 +1,8 @@
+import uvicorn
+
+from .app import build_app
+from .settings import GatewaySettings
+
+if __name__ == "__main__":
+    settings = GatewaySettings()
+    uvicorn.run(build_app(settings), host=settings.http.host, port=settings.http.port, log_config=None)

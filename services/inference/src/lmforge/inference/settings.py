@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from pydantic import Field
+
+from lmforge.common.settings import DatabaseSettings, HttpSettings, ServiceSettings, service_config
+
+
+class InferenceSettings(ServiceSettings):
+    model_config = service_config("inference")
+
+    service_name: str = "inference"
+    http: HttpSettings = Field(default_factory=lambda: HttpSettings(port=8105))
+    database: DatabaseSettings = Field(
+        default_factory=lambda: DatabaseSettings(url="sqlite+aiosqlite:///var/inference.db")
+    )
+    consumer_group: str = "lmforge-inference"
+    triton_url: str = "127.0.0.1:8000"
+    # The folder Triton was started with (--model-repository); shared volume in docker-compose.
+    model_repository: str = "var/triton-models"
+    registry_url: str = "http://127.0.0.1:8104"
+    # "auto": KIND_GPU where a GPU is present, else KIND_CPU.
+    instance_kind: str = "auto"
+    max_batch_size: int = 8
+    batch_delay_us: int = 2000
+    reconcile_interval_s: float = 30.0
+    infer_timeout_s: float = 60.0
+    load_timeout_s: float = 300.0
+    max_new_tokens_limit: int = 256

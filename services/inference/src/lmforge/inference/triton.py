@@ -1,0 +1,159 @@
+"""The Triton side: write model versions into the repository, load/unload them, run inference."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import tempfile
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tritonclient.http as triton_http
+from opentelemetry.trace import SpanKind
+from tritonclient.utils import InferenceServerException
+
+from lmforge.common.artifacts import ArtifactStore
+from lmforge.common.telemetry import inject_context, tracer
+
+from .settings import InferenceSettings
+
+MODEL_PY = Path(__file__).with_name("triton_model.py")
+
+
+class TritonUnavailable(RuntimeError):
+    """Triton cannot be reached (or timed out)."""
+
+
+class TritonRejected(RuntimeError):
+    """Triton answered with an error for this model or request."""
+
+
+def triton_model_name(model: str, version: int) -> str:
+    return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', model)}-v{version}"
+
+
+def _instance_kind(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    return "KIND_GPU" if Path("/dev/nvidiactl").exists() else "KIND_CPU"
+
+
+def config_pbtxt(name: str, settings: InferenceSettings) -> str:
+    return textwrap.dedent(f"""\
+        name: "{name}"
+        backend: "python"
+        max_batch_size: {settings.max_batch_size}
+        input [
+          {{ name: "PROMPT", data_type: TYPE_STRING, dims: [ 1 ] }},
+          {{ name: "MAX_TOKENS", data_type: TYPE_INT32, dims: [ 1 ] }},
+          {{ name: "TEMPERATURE", data_type: TYPE_FP32, dims: [ 1 ] }}
+        ]
+        output [
+          {{ name: "TEXT", data_type: TYPE_STRING, dims: [ 1 ] }},
+          {{ name: "PROMPT_TOKENS", data_type: TYPE_INT32, dims: [ 1 ] }},
+          {{ name: "COMPLETION_TOKENS", data_type: TYPE_INT32, dims: [ 1 ] }}
+        ]
+        dynamic_batching {{ max_queue_delay_microseconds: {settings.batch_delay_us} }}
+        instance_group [ {{ kind: {_instance_kind(settings.instance_kind)}, count: 1 }} ]
+        """)
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class TritonModels:
+    def __init__(self, settings: InferenceSettings, artifacts: ArtifactStore) -> None:
+        self.settings = settings
+        self.artifacts = artifacts
+        self.repository = Path(settings.model_repository)
+        self.repository.mkdir(parents=True, exist_ok=True)
+
+    def _client(self, timeout: float) -> triton_http.InferenceServerClient:
+        return triton_http.InferenceServerClient(
+            self.settings.triton_url, connection_timeout=timeout, network_timeout=timeout
+        )
+
+    def write_version(self, name: str, artifact_uri: str) -> Path:
+        """Lay out ``<repo>/<name>/{config.pbtxt, 1/model.py, 1/weights/}``; atomic per model folder."""
+        target = self.repository / name
+        if (target / "config.pbtxt").exists():
+            return target
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=self.repository))
+        try:
+            self.artifacts.get_dir(self.artifacts.key_of(artifact_uri), staging / "1" / "weights")
+            shutil.copy2(MODEL_PY, staging / "1" / "model.py")
+            (staging / "config.pbtxt").write_text(config_pbtxt(name, self.settings))
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+    async def _call(self, what: str, fn, *args, timeout: float):  # type: ignore[no-untyped-def]
+        def run():  # type: ignore[no-untyped-def]
+            client = self._client(timeout)
+            try:
+                return fn(client, *args)
+            finally:
+                client.close()
+
+        try:
+            return await asyncio.to_thread(run)
+        except InferenceServerException as exc:
+            raise TritonRejected(f"triton {what}: {exc.message()}") from exc
+        except Exception as exc:  # connection refused, timeouts, gevent/urllib errors
+            raise TritonUnavailable(f"triton {what} at {self.settings.triton_url}: {exc}") from exc
+
+    async def load(self, name: str) -> None:
+        await self._call(f"load {name}", lambda c, n: c.load_model(n), name, timeout=self.settings.load_timeout_s)
+
+    async def unload(self, name: str) -> None:
+        await self._call(f"unload {name}", lambda c, n: c.unload_model(n), name, timeout=30)
+
+    async def is_ready(self, name: str) -> bool:
+        try:
+            return bool(await self._call(f"ready {name}", lambda c, n: c.is_model_ready(n), name, timeout=5))
+        except (TritonRejected, TritonUnavailable):
+            return False
+
+    async def server_ready(self) -> bool:
+        try:
+            return bool(await self._call("health", lambda c: c.is_server_ready(), timeout=3))
+        except (TritonRejected, TritonUnavailable):
+            return False
+
+    async def generate(self, name: str, prompt: str, max_tokens: int, temperature: float) -> Generation:
+        with tracer().start_as_current_span(
+            f"triton infer {name}",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "rpc.system": "kserve_v2",
+                "server.address": self.settings.triton_url,
+                "lmforge.triton_model": name,
+            },
+        ):
+            headers = {k: v.decode() for k, v in inject_context([])}
+
+            def infer(client: triton_http.InferenceServerClient) -> Generation:
+                inputs = [
+                    triton_http.InferInput("PROMPT", [1, 1], "BYTES"),
+                    triton_http.InferInput("MAX_TOKENS", [1, 1], "INT32"),
+                    triton_http.InferInput("TEMPERATURE", [1, 1], "FP32"),
+                ]
+                inputs[0].set_data_from_numpy(np.array([[prompt.encode()]], dtype=np.object_))
+                inputs[1].set_data_from_numpy(np.array([[max_tokens]], dtype=np.int32))
+                inputs[2].set_data_from_numpy(np.array([[temperature]], dtype=np.float32))
+                result = client.infer(name, inputs, headers=headers)
+                return Generation(
+                    text=result.as_numpy("TEXT")[0][0].decode("utf-8", "replace"),
+                    prompt_tokens=int(result.as_numpy("PROMPT_TOKENS")[0][0]),
+                    completion_tokens=int(result.as_numpy("COMPLETION_TOKENS")[0][0]),
+                )
+
+            return await self._call(f"infer {name}", infer, timeout=self.settings.infer_timeout_s)  # type: ignore[no-any-return]
