@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -45,7 +46,7 @@ class ServiceRuntime:
         self._migrations = migrations
         self._produces = list(produces)
         self._consumers: list[ConsumerRunner] = []
-        self._loops: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        self._loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.started = False
 
@@ -56,7 +57,7 @@ class ServiceRuntime:
         self._consumers.append(runner)
         return runner
 
-    def background(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+    def background(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """A long-running coroutine of the service's own (cancelled at shutdown)."""
         self._loops.append((name, loop))
 

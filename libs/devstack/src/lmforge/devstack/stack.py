@@ -78,7 +78,6 @@ class Stack:
                 f"{p}KAFKA__POLL_TIMEOUT_MS": "200",
                 f"{p}DATABASE__URL": self._database_url(service),
                 f"{p}ARTIFACTS__URL": str(self.workdir / "artifacts"),
-                "OTEL_SERVICE_NAME": f"lmforge-{service}",
                 "OTEL_BSP_SCHEDULE_DELAY": "200",
             }
         )

@@ -14,7 +14,7 @@ class TritonPythonModel:
         gpu = args.get("model_instance_kind") == "GPU" and torch.cuda.is_available()
         self.device = torch.device(f"cuda:{args.get('model_instance_device_id', '0')}" if gpu else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(weights)
-        self.model = AutoModelForCausalLM.from_pretrained(weights).to(self.device).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(weights).to(self.device).eval()  # type: ignore[arg-type]
         self.max_positions = getattr(self.model.config, "n_positions", None) or getattr(
             self.model.config, "max_position_embeddings", 1024
         )
@@ -30,7 +30,6 @@ class TritonPythonModel:
                 max_new_tokens=max_new_tokens,
                 do_sample=temperature > 0,
                 temperature=temperature if temperature > 0 else None,
-                top_k=None if temperature > 0 else None,
                 pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
                 eos_token_id=self.tokenizer.eos_token_id,
             )
@@ -52,7 +51,7 @@ class TritonPythonModel:
                     texts.append([text.encode("utf-8")])
                     prompt_tokens.append([n_in])
                     completion_tokens.append([n_out])
-            except Exception as exc:  # report per request; the model instance stays up
+            except Exception as exc:  # noqa: BLE001 - report per request; the model instance stays up
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"generation failed: {exc}")))
                 continue
             responses.append(

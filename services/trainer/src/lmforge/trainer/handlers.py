@@ -233,7 +233,7 @@ class JobExecutor:
 
     async def _train_in_subprocess(self, job: Any, hp: dict[str, Any], manifest_uri: str) -> dict[str, Any]:
         work = Path(self.settings.work_dir)
-        work.mkdir(parents=True, exist_ok=True)
+        work.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - a local folder, once per job
         with tempfile.TemporaryDirectory(dir=work) as tmp:
             spec_path, result_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
             spec_path.write_text(
@@ -279,7 +279,7 @@ class JobExecutor:
                 raise JobCancelled(f"training process killed by signal {-code}")
             if code != 0:
                 raise RuntimeError(f"training process exited with {code}: {stderr.strip()[-1500:]}")
-            return json.loads(result_path.read_text())  # type: ignore[no-any-return]
+            return json.loads(await asyncio.to_thread(result_path.read_text))  # type: ignore[no-any-return]
 
 
 class JobCancelled(RuntimeError):

@@ -1,0 +1,161 @@
+"""The whole loop with every service as its own process, on real Tansu, PostgreSQL and Triton.
+
+Records in (HTTP through the gateway, and an upstream Kafka topic), a dataset version, training,
+registration and promotion, deployment into Triton, and an answer out; checked through the public
+API, the dead-letter topic, and the spans the services export over OTLP to a receiver of our own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from lmforge.common.events import dead_letter_topic
+from lmforge.devstack.demo import DemoResult, run_demo
+from lmforge.devstack.stack import Stack
+
+from ..helpers import read_topic
+from .otlp_receiver import OtlpReceiver, ReceivedSpan
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def otlp() -> Iterator[OtlpReceiver]:
+    receiver = OtlpReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, otlp: OtlpReceiver) -> Iterator[Stack]:
+    with Stack(tmp_path_factory.mktemp("stack"), postgres=True, otlp_endpoint=otlp.endpoint) as running:
+        yield running
+
+
+async def _produce_upstream(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for v in values:
+            await producer.send_and_wait(topic, v, key=b"erp")
+    finally:
+        await producer.stop()
+
+
+def _names(spans: list[ReceivedSpan]) -> set[tuple[str, str]]:
+    return {(s.service, s.name) for s in spans}
+
+
+def _wait_for_spans(
+    otlp: OtlpReceiver, trace_id: str, wanted: set[tuple[str, str]], timeout: float = 20
+) -> list[ReceivedSpan]:
+    deadline = time.monotonic() + timeout
+    while True:
+        spans = otlp.trace(trace_id)
+        if wanted <= _names(spans) or time.monotonic() > deadline:
+            return spans
+        time.sleep(0.2)
+
+
+def test_records_to_served_answer(stack: Stack, otlp: OtlpReceiver) -> None:
+    assert stack.broker is not None
+    bootstrap = stack.broker.bootstrap_servers
+    api = httpx.Client(base_url=stack.gateway_url, headers={"Authorization": f"Bearer {stack.admin_key}"}, timeout=60)
+
+    # --- bad input never crashes anything, and nothing valid is lost -----------------------
+    valid_upstream = {
+        "source": "erp",
+        "source_id": "E-1",
+        "text": "Customer: Where is my invoice? Agent: Under Billing.",
+    }
+    asyncio.run(
+        _produce_upstream(
+            bootstrap,
+            stack.upstream_topic,
+            [
+                b"{this is not json",
+                json.dumps({"source": "erp", "source_id": "E-0"}).encode(),  # no text
+                json.dumps(valid_upstream).encode(),
+            ],
+        )
+    )
+    dlq = asyncio.run(read_topic(bootstrap, dead_letter_topic(stack.upstream_topic), expected=2, timeout=60))
+    reasons = sorted(dict(r.headers)["dlq.error"].decode() for r in dlq)
+    assert len(dlq) == 2
+    assert "not JSON" in reasons[0] or "not JSON" in reasons[1]
+    assert any("text: Field required" in r for r in reasons)
+
+    r = api.post(
+        "/v1/records", json=[{"source": "crm", "source_id": "X", "text": "fine"}, {"source": "crm", "text": "no id"}]
+    )
+    assert r.status_code == 422 and r.json()["error"]["message"].startswith("records[1].source_id")
+    assert httpx.post(f"{stack.gateway_url}/v1/records", json={}).status_code == 401
+    reader = api.post("/v1/api-keys", json={"name": "reader", "scopes": ["models:read"]}).json()["key"]
+    assert (
+        httpx.post(
+            f"{stack.gateway_url}/v1/records", json={}, headers={"Authorization": f"Bearer {reader}"}
+        ).status_code
+        == 403
+    )
+    assert api.post("/v1/completions", json={"model": "nope", "prompt": "hi"}).status_code == 404
+
+    # --- the loop, as a user runs it ---------------------------------------------------------
+    result: DemoResult = run_demo(stack.gateway_url, stack.admin_key, say=lambda _: None, records=120, max_steps=200)
+    assert result.answer  # a served answer, from a named version
+    assert result.version >= 1
+
+    # No valid record lost: every accepted record is cleaned or dropped as a named duplicate/empty,
+    # and the dataset version holds exactly the cleaned ones.
+    stats = api.get("/v1/pipeline/stats").json()
+    accepted = 120 + 1  # the HTTP corpus (all distinct ids) plus the valid upstream record
+    assert stats["cleaned"] + sum(stats["dropped"].values()) == accepted
+    lineage = result.lineage
+    ds = lineage["dataset"]
+    assert ds["record_count"] == stats["cleaned"] == len(ds["record_ids"])
+    assert "erp:E-1" in ds["record_ids"]
+
+    # Lineage: answering version -> run -> dataset version -> record ids.
+    job = api.get("/v1/models").json()
+    version = next(v for m in job if m["name"] == result.model for v in m["versions"] if v["version"] == result.version)
+    assert version["run_id"] == lineage["run_id"]
+    manifest = api.get(f"/v1/datasets/{ds['name']}/versions/{ds['version']}").json()
+    assert [r["record_id"] for r in manifest["records"]] == ds["record_ids"]
+
+    # --- one trace per journey, across every Kafka hop --------------------------------------
+    t = result.trace_ids
+    ingest_hop = {
+        ("gateway", "POST /v1/records"),
+        ("ingest", "raw-data publish"),
+        ("preprocess", "raw-data process"),
+        ("preprocess", "cleaned-data publish"),
+    }
+    spans = _wait_for_spans(otlp, t["ingest"], ingest_hop)
+    assert ingest_hop <= _names(spans), sorted(_names(spans))
+
+    training_hop = {
+        ("gateway", "training-requests publish"),
+        ("trainer", "training-requests process"),
+        ("trainer", "training job"),
+        ("trainer", "model-ready publish"),
+        ("registry", "model-ready process"),
+        ("registry", "model-events publish"),
+        ("inference", "model-events process"),
+        ("inference", "inference deploy"),
+    }
+    spans = _wait_for_spans(otlp, t["training"], training_hop)
+    assert training_hop <= _names(spans), sorted(_names(spans))
+    # The dataset-to-training fan-in is a span link to the trace that cut the dataset version.
+    job_span = next(s for s in spans if s.name == "training job")
+    assert t["dataset"] in job_span.links
+
+    completion_hop = {("gateway", "POST /v1/completions"), ("inference", "POST /generate")}
+    spans = _wait_for_spans(otlp, t["completion"], completion_hop)
+    assert completion_hop <= _names(spans), sorted(_names(spans))
+    assert any(s.service == "inference" and s.name.startswith("triton infer") for s in spans)
