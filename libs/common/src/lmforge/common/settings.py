@@ -17,9 +17,9 @@ class KafkaSettings(BaseModel):
     bootstrap_servers: str = "127.0.0.1:9092"
     # Real Kafka supports idempotent producers; Tansu rejects InitProducerId, so it is a setting.
     enable_idempotence: bool = False
+    # Also bounds how long a send waits for an unreachable broker before BrokerUnavailable (503).
+    # Keep it above session_timeout_ms / 2: Tansu holds a JoinGroup that long.
     request_timeout_ms: int = 30_000
-    # Producer: how long a record may wait for the broker before the send fails.
-    delivery_timeout_ms: int = 30_000
     linger_ms: int = 5
     # Consumer batch and group behaviour.
     max_batch_size: int = 500
