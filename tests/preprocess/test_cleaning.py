@@ -11,7 +11,7 @@ from lmforge.preprocess.cleaning import CONFIG_HASH, clean_text, split_for
     [
         ("<div><p>Hello</p><p>World</p></div>", "Hello World", {}),
         ("<script>steal()</script>Fine &amp; dandy", "Fine & dandy", {}),
-        ("Ｆｕｌｌ  width\n\ttext", "Full width text", {}),
+        ("\uff26\uff55\uff4c\uff4c  width\n\ttext", "Full width text", {}),  # NFKC folds full-width
         ("mail ann.lee@example.co.uk now", "mail [EMAIL] now", {"email": 1}),
         ("call +1 (555) 010-2030 or 555-010-2030", "call [PHONE] or [PHONE]", {"phone": 2}),
         ("+44 20 7946 0958", "[PHONE]", {"phone": 1}),
