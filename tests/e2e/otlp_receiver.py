@@ -2,15 +2,34 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
+import json
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+
+_ID_FIELDS = {"traceId", "spanId", "parentSpanId"}
+
+
+def _hex_ids_to_base64(node: object) -> object:
+    """OTLP/JSON writes ids as hex; protobuf's JSON mapping reads bytes as base64."""
+    if isinstance(node, dict):
+        return {
+            k: base64.b64encode(bytes.fromhex(v)).decode()
+            if k in _ID_FIELDS and isinstance(v, str)
+            else _hex_ids_to_base64(v)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_hex_ids_to_base64(v) for v in node]
+    return node
 
 
 @dataclass(frozen=True)
@@ -41,7 +60,10 @@ class OtlpReceiver:
                     self.end_headers()
                     return
                 request = ExportTraceServiceRequest()
-                request.ParseFromString(body)
+                if self.headers.get("Content-Type", "").startswith("application/json"):
+                    json_format.ParseDict(_hex_ids_to_base64(json.loads(body)), request)  # OTLP/JSON (Triton)
+                else:
+                    request.ParseFromString(body)  # OTLP/protobuf (the Python SDK)
                 receiver._add(request)
                 out = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200)

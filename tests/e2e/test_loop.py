@@ -158,4 +158,8 @@ def test_records_to_served_answer(stack: Stack, otlp: OtlpReceiver) -> None:
     completion_hop = {("gateway", "POST /v1/completions"), ("inference", "POST /generate")}
     spans = _wait_for_spans(otlp, t["completion"], completion_hop)
     assert completion_hop <= _names(spans), sorted(_names(spans))
-    assert any(s.service == "inference" and s.name.startswith("triton infer") for s in spans)
+    client = next(s for s in spans if s.service == "inference" and s.name.startswith("triton infer"))
+    # Triton's own spans continue the trace: its request span is a child of inference's client span.
+    spans = _wait_for_spans(otlp, t["completion"], completion_hop | {("triton", "InferRequest")})
+    triton_request = next(s for s in spans if (s.service, s.name) == ("triton", "InferRequest"))
+    assert triton_request.parent_span_id == client.span_id

@@ -275,9 +275,12 @@ class TritonServer(_ManagedServer):
         http_port: int | None = None,
         grpc_port: int | None = None,
         metrics_port: int | None = None,
+        otlp_endpoint: str | None = None,
     ) -> None:
         self.workdir = workdir
         self.model_repository = model_repository
+        # Triton's own OpenTelemetry spans (it continues the traceparent a request carries).
+        self.otlp_endpoint = otlp_endpoint
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
         self.metrics_port = metrics_port or free_port()
@@ -343,10 +346,22 @@ class TritonServer(_ManagedServer):
                 f"--pinned-memory-pool-byte-size={self.pinned_memory_bytes}",
                 "--log-verbose=" + os.environ.get("LMFORGE_TRITON_LOG_VERBOSE", "0"),
                 "--exit-timeout-secs=5",
+                *self._trace_flags(),
             ],
             env=self.environment(),
         )
         self._wait_ready(60)
+
+    def _trace_flags(self) -> list[str]:
+        if not self.otlp_endpoint:
+            return []
+        return [
+            "--trace-config=mode=opentelemetry",
+            f"--trace-config=opentelemetry,url={self.otlp_endpoint.rstrip('/')}/v1/traces",
+            "--trace-config=opentelemetry,resource=service.name=triton",
+            "--trace-config=rate=1",
+            "--trace-config=level=TIMESTAMPS",
+        ]
 
     def _wait_ready(self, timeout: float) -> None:
         url = f"http://127.0.0.1:{self.http_port}/v2/health/ready"

@@ -108,7 +108,9 @@ class Stack:
             if self.postgres:
                 self.pg = PostgresCluster(self.workdir / "postgres")
                 self.pg.start()
-            self.triton = TritonServer(self.workdir / "triton-server", self.workdir / "triton-models")
+            self.triton = TritonServer(
+                self.workdir / "triton-server", self.workdir / "triton-models", otlp_endpoint=self.otlp_endpoint
+            )
             self.triton.start()
             for name in SERVICES:
                 self.start_service(name)
