@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from sqlalchemy import select
 
 from lmforge.common.artifacts import ArtifactStore
@@ -100,3 +101,24 @@ async def test_failed_job_is_reported_and_the_next_job_runs(tmp_path: Path) -> N
     ]
     ready = [e for t, e in events if t == "lmforge.model.ready.v1"]
     assert len(ready) == 1 and ready[0]["run_id"] == jobs["job-good"].run_id
+
+
+async def test_a_local_hugging_face_directory_is_a_base_model(tmp_path: Path) -> None:
+    """Fine-tune from a model directory on disk (here: one the builtin run produced)."""
+    from lmforge.trainer.train import train
+
+    store = ArtifactStore(str(tmp_path / "artifacts"))
+    manifest = dataset(store, "d")
+    spec = {
+        "hyperparameters": {"max_steps": 3, "eval_every": 3, "batch_size": 4, "max_seq_len": 32},
+        "dataset_manifest_uri": manifest,
+        "artifacts_url": store.url,
+    }
+    first = await asyncio.to_thread(train, spec | {"base_model": "builtin:tiny-gpt2", "artifact_key": "models/m/base"})
+    base_dir = store.get_dir("models/m/base", tmp_path / "base")
+    tuned = await asyncio.to_thread(train, spec | {"base_model": str(base_dir), "artifact_key": "models/m/tuned"})
+    assert first["metrics"]["val_perplexity"] > 0 and tuned["metrics"]["val_perplexity"] > 0
+    assert store.exists("models/m/tuned/model.safetensors") and store.exists("models/m/tuned/tokenizer.json")
+    bad = spec | {"base_model": str(tmp_path / "nowhere"), "artifact_key": "models/m/x"}
+    with pytest.raises(ValueError, match="neither"):
+        await asyncio.to_thread(train, bad)

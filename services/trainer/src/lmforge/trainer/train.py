@@ -147,7 +147,7 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optim.step()
         optim.zero_grad()
-        loss_value = float(loss)
+        loss_value = float(loss.detach())
         if step % hp.eval_every == 0 or step == hp.max_steps:
             val_loss = evaluate(model, val_seqs, tok.pad_token_id, device, hp.batch_size)
             progress(step=step, loss=round(loss_value, 4), val_perplexity=round(math.exp(val_loss), 3))
