@@ -80,12 +80,7 @@ class Reconciler:
                 name = triton_model_name(row.model_name, row.desired_version)
                 if row.serving_version == row.desired_version and await self.triton.is_ready(name):
                     continue
-                if (
-                    row.state == "failed"
-                    and row.error
-                    and row.serving_version != row.desired_version
-                    and row.error.startswith(f"v{row.desired_version}:")
-                ):
+                if row.failed_version == row.desired_version:
                     continue  # this version already failed; wait for a new desired version
                 await self._deploy(row)
 
@@ -115,7 +110,7 @@ class Reconciler:
                 return
             except (TritonRejected, OSError, ValueError) as exc:
                 span.record_exception(exc)
-                state, error = DeploymentState.FAILED, f"v{version}: {exc}"
+                state, error = DeploymentState.FAILED, str(exc)
                 log.error(
                     "deployment failed; previous version keeps serving", model=model, version=version, error=str(exc)
                 )
@@ -123,7 +118,9 @@ class Reconciler:
             async with self.db.sessions.begin() as session:
                 values: dict[str, Any] = {"state": state, "error": error, "updated_at": datetime.now(UTC)}
                 if state == DeploymentState.DEPLOYED:
-                    values |= {"serving_version": version, "triton_model": name}
+                    values |= {"serving_version": version, "triton_model": name, "failed_version": None}
+                else:
+                    values |= {"failed_version": version}
                 await session.execute(
                     update(deployments)
                     .where(deployments.c.model_name == model, deployments.c.alias == alias)

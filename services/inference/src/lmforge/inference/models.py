@@ -22,6 +22,8 @@ deployments = Table(
     Column("serving_version", Integer, nullable=True),
     Column("triton_model", String(300), nullable=True),
     Column("state", String(16), nullable=False),
+    # The last version whose deployment failed: not retried until the desired version changes.
+    Column("failed_version", Integer, nullable=True),
     Column("error", Text, nullable=True),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
