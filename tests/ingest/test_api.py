@@ -117,3 +117,14 @@ async def test_broker_outage_answers_503_and_loses_nothing(
         assert [(e.id, e.data.source_id) for e in published] == [(event_id, "T-2")]
     finally:
         broker.stop()
+
+
+async def test_a_full_batch_of_1000_records(kafka_settings: KafkaSettings, tmp_path: Path, unique: str) -> None:
+    settings = _settings(kafka_settings, tmp_path, unique).model_copy(
+        update={"max_records_per_request": 1000, "max_request_bytes": 10 * 1024 * 1024}
+    )
+    async for client in _client(settings):
+        r = await client.post("/records", json=[rec(i) for i in range(1000)])
+        assert r.status_code == 202 and r.json()["accepted"] == 1000
+        r = await client.post("/records", json=[rec(i) for i in range(1000)])
+        assert r.json()["duplicates"] == 1000

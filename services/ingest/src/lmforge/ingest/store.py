@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from lmforge.common.db import Database
@@ -56,13 +56,11 @@ class RawRecordStore:
         async with self.db.sessions.begin() as session:
             await session.execute(insert(t).values(rows).on_conflict_do_nothing())  # type: ignore[attr-defined]
             keys = {(r["source"], r["source_id"], r["content_hash"]) for r in rows}
-            stored = (
-                await session.execute(
-                    select(t).where(
-                        or_(*(and_(t.c.source == s, t.c.source_id == i, t.c.content_hash == h) for s, i, h in keys))
-                    )
-                )
+            # One IN over record ids (not an OR per record: SQLite caps expression depth at 1000).
+            candidates = (
+                await session.execute(select(t).where(t.c.record_id.in_({r["record_id"] for r in rows})))
             ).all()
+        stored = [c for c in candidates if (c.source, c.source_id, c.content_hash) in keys]
         by_key = {(s.source, s.source_id, s.content_hash): s for s in stored}
         pending = {s.id: s for s in stored if s.published_at is None}
         if pending:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.trace import Link, SpanContext, TraceFlags
+from opentelemetry.trace import Link
 from sqlalchemy import select, update
 
 from lmforge.common.artifacts import ArtifactStore
@@ -81,12 +81,10 @@ class TrainingRequestHandler:
 
 def _link_to(traceparent: str | None) -> list[Link]:
     """A span link to the trace that cut the dataset version: the fan-in of data into training."""
-    try:
-        _, trace_id, span_id, flags = (traceparent or "").split("-")
-        ctx = SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=TraceFlags(int(flags, 16)))
-    except ValueError:
+    if not traceparent:
         return []
-    return [Link(ctx, {"lmforge.link": "dataset_version"})]
+    ctx = trace.get_current_span(extract_context([("traceparent", traceparent.encode())])).get_span_context()
+    return [Link(ctx, {"lmforge.link": "dataset_version"})] if ctx.is_valid else []
 
 
 class JobExecutor:
