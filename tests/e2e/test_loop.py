@@ -105,6 +105,10 @@ def test_records_to_served_answer(stack: Stack, otlp: OtlpReceiver) -> None:
         == 403
     )
     assert api.post("/v1/completions", json={"model": "nope", "prompt": "hi"}).status_code == 404
+    oversized = api.post(
+        "/v1/records", content=b"x" * (10 * 1024 * 1024 + 1), headers={"content-type": "application/json"}
+    )
+    assert oversized.status_code == 413 and oversized.json()["error"]["code"] == "payload_too_large"
 
     # --- the loop, as a user runs it ---------------------------------------------------------
     result: DemoResult = run_demo(stack.gateway_url, stack.admin_key, say=lambda _: None, records=120, max_steps=200)

@@ -78,6 +78,7 @@ async def test_bad_input_gets_a_clear_4xx(client: httpx.AsyncClient) -> None:
     assert r.status_code == 413
     r = await client.post("/records", json=rec(1, text="x" * 5000))
     assert r.status_code == 413
+    assert r.headers["connection"] == "close"  # the unread body must not reach the next request
     r = await client.post("/records", content="a,b", headers={"content-type": "text/csv"})
     assert r.status_code == 415
     r = await client.post("/records", json=[])

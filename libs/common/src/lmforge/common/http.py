@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -33,6 +33,13 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     if trace_id:
         body["trace_id"] = trace_id
     return {"error": body}
+
+
+def payload_too_large(message: str) -> HTTPException:
+    """413 that also closes the connection: the unread rest of the body must not be parsed as the
+    next request, and a kept-alive connection after an unread body carried the rejected request's
+    trace context into every later request on it (seen with uvicorn + the OTel ASGI middleware)."""
+    return HTTPException(413, message, headers={"Connection": "close"})
 
 
 def create_app(

@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from lmforge.common.events import Hyperparameters, Topic, TrainingRequestedV1
+from lmforge.common.http import payload_too_large
 from lmforge.common.kafka import EventProducer
 
 from .auth import Principal, Scope, create_key, require
@@ -26,10 +27,17 @@ def _downstream(request: Request) -> Downstream:
 @router.post("/records", status_code=202)
 async def post_records(request: Request, _: Annotated[Principal, Depends(require(Scope.RECORDS_WRITE))]) -> Response:
     """One record, a JSON array, JSONL, or a multipart JSONL upload; forwarded to ingest as is."""
+    limit = request.app.state.settings.max_request_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise payload_too_large(f"request body over {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise payload_too_large(f"request body over {limit} bytes")
     headers = {"content-type": request.headers.get("content-type", "application/json")}
-    return await _downstream(request).forward(
-        "ingest", "POST", "/records", content=await request.body(), headers=headers
-    )
+    return await _downstream(request).forward("ingest", "POST", "/records", content=bytes(body), headers=headers)
 
 
 class DatasetVersionRequest(BaseModel):

@@ -23,3 +23,5 @@ class GatewaySettings(ServiceSettings):
     connect_timeout_s: float = 3.0
     request_timeout_s: float = 30.0
     completion_timeout_s: float = 120.0
+    # Refused at the edge with 413, before the body is read into memory or forwarded.
+    max_request_bytes: int = 10 * 1024 * 1024

@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ValidationError
 
 from lmforge.common.events import UpstreamRecord
+from lmforge.common.http import payload_too_large
 
 from .settings import IngestSettings
 from .store import RawRecordStore
@@ -46,7 +47,7 @@ def _parse_jsonl(text: str) -> list[Any]:
 async def _read_items(request: Request, settings: IngestSettings) -> list[Any]:
     declared = request.headers.get("content-length")
     if declared and int(declared) > settings.max_request_bytes:
-        raise HTTPException(413, f"request body over {settings.max_request_bytes} bytes")
+        raise payload_too_large(f"request body over {settings.max_request_bytes} bytes")
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip()
     if ctype == "multipart/form-data":
         form = await request.form()
@@ -55,11 +56,11 @@ async def _read_items(request: Request, settings: IngestSettings) -> list[Any]:
             raise _invalid("multipart upload needs a 'file' part holding JSONL")
         data = await upload.read()
         if len(data) > settings.max_request_bytes:
-            raise HTTPException(413, f"upload over {settings.max_request_bytes} bytes")
+            raise payload_too_large(f"upload over {settings.max_request_bytes} bytes")
         return _parse_jsonl(data.decode("utf-8", "replace"))
     body = await request.body()
     if len(body) > settings.max_request_bytes:
-        raise HTTPException(413, f"request body over {settings.max_request_bytes} bytes")
+        raise payload_too_large(f"request body over {settings.max_request_bytes} bytes")
     if ctype in ("application/x-ndjson", "application/jsonl", "application/x-jsonlines"):
         return _parse_jsonl(body.decode("utf-8", "replace"))
     if ctype != "application/json":
@@ -80,7 +81,7 @@ async def post_records(request: Request) -> IngestResponse:
     if not items:
         raise _invalid("no records in the request")
     if len(items) > settings.max_records_per_request:
-        raise HTTPException(413, f"{len(items)} records: at most {settings.max_records_per_request} per request")
+        raise payload_too_large(f"{len(items)} records: at most {settings.max_records_per_request} per request")
     records = []
     for i, item in enumerate(items):
         try:
