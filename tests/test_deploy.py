@@ -67,3 +67,25 @@ def test_image_versions_are_pinned_in_env() -> None:
             assert var and var.group(1) in env and ":" in env[var.group(1)], f"{name}: {image}"
     for sql_db in re.findall(r"CREATE DATABASE (\w+);", (ROOT / "deploy/postgres/init.sql").read_text()):
         assert sql_db in SERVICES
+
+
+def test_kubernetes_manifests_are_consistent() -> None:
+    docs = list(yaml.safe_load_all((ROOT / "deploy/k8s/lmforge.yaml").read_text()))
+    kinds: dict[str, dict[str, dict]] = {}  # type: ignore[type-arg]
+    for d in docs:
+        kinds.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
+    assert set(SERVICES) <= set(kinds["Deployment"]) and set(SERVICES) <= set(kinds["Service"])
+    for name in SERVICES:
+        pod = kinds["Deployment"][name]["spec"]["template"]["spec"]
+        main = pod["containers"][0]
+        assert main["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert main["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        port_names = {p["name"] for c in pod["containers"] for p in c.get("ports", [])}
+        for port in kinds["Service"][name]["spec"]["ports"]:
+            assert port["targetPort"] in port_names
+        for container in pod["containers"]:
+            for mount in container.get("volumeMounts", []):
+                assert mount["name"] in {v["name"] for v in pod.get("volumes", [])}
+    for name, hpa in kinds.get("HorizontalPodAutoscaler", {}).items():
+        assert hpa["spec"]["scaleTargetRef"]["name"] in kinds["Deployment"], name
+    assert {"gateway", "ingest"} <= set(kinds["HorizontalPodAutoscaler"])  # the stateless front doors scale
