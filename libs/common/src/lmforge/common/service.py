@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 
 from .artifacts import ArtifactStore
 from .db import Database, Outbox, OutboxRelay, upgrade_database
@@ -37,6 +39,8 @@ class ServiceRuntime:
     ) -> None:
         self.settings = settings
         self.name = settings.service_name
+        # Shut tracing down at stop only if this runtime installed it (tests install their own).
+        self._owns_tracing = not isinstance(trace.get_tracer_provider(), TracerProvider)
         setup_telemetry(self.name, settings.log_level)
         self.db = Database.from_settings(settings.database)
         self.producer = EventProducer(settings.kafka, source=f"lmforge/{self.name}")
@@ -107,7 +111,12 @@ class ServiceRuntime:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.producer.stop()
         await self.db.dispose()
-        shutdown_tracing()
+        if self._owns_tracing:
+            shutdown_tracing()
+        else:
+            provider = trace.get_tracer_provider()
+            if isinstance(provider, TracerProvider):
+                provider.force_flush()
         log.info("service stopped", service=self.name)
 
     @contextlib.asynccontextmanager
