@@ -47,14 +47,17 @@ class ArtifactStore:
             raise ValueError(f"invalid artifact key {key!r}")
         return f"{self.root}/{key}"
 
+    @property
+    def _uri_prefix(self) -> str:
+        return f"file://{self.root}/" if self.local else f"{self.protocol}://{self.root}/"
+
     def uri(self, key: str) -> str:
-        """A URL for ``key`` that ``open_uri`` (or any fsspec client) understands."""
-        p = self.path(key)
-        return f"file://{p}" if self.local else f"{self.protocol}://{p}"
+        """A URL for ``key`` that any fsspec client understands."""
+        return self._uri_prefix + self.path(key)[len(self.root) + 1 :]
 
     def key_of(self, uri: str) -> str:
         """The key of a URI produced by ``uri()`` on this store."""
-        prefix = self.uri("x")[:-1]
+        prefix = self._uri_prefix
         if not uri.startswith(prefix):
             raise ValueError(f"{uri} is not in this artifact store ({prefix})")
         return uri[len(prefix) :]

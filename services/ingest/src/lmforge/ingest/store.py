@@ -8,9 +8,8 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
-from lmforge.common.db import Database
+from lmforge.common.db import Database, insert_ignoring_conflicts
 from lmforge.common.events import Event, RawRecordV1, Topic, UpstreamRecord, content_hash, record_key
 from lmforge.common.kafka import EventProducer
 
@@ -51,10 +50,9 @@ class RawRecordStore:
             }
             for r in records
         ]
-        insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
         t = raw_records
         async with self.db.sessions.begin() as session:
-            await session.execute(insert(t).values(rows).on_conflict_do_nothing())  # type: ignore[attr-defined]
+            await session.execute(insert_ignoring_conflicts(self.db.dialect, t, rows))
             keys = {(r["source"], r["source_id"], r["content_hash"]) for r in rows}
             # One IN over record ids (not an OR per record: SQLite caps expression depth at 1000).
             candidates = (

@@ -13,7 +13,6 @@ router = APIRouter()
 
 
 def _public(row: Any) -> dict[str, Any]:
-    hp = {k: v for k, v in row.hyperparameters.items() if not k.startswith("_")}
     return {
         "job_id": row.job_id,
         "run_id": row.run_id,
@@ -21,7 +20,8 @@ def _public(row: Any) -> dict[str, Any]:
         "dataset": row.dataset,
         "dataset_version": row.dataset_version,
         "base_model": row.base_model,
-        "hyperparameters": hp,
+        "dataset_manifest_uri": row.dataset_manifest_uri,
+        "hyperparameters": row.hyperparameters,
         "state": row.state,
         "step": row.step,
         "metrics": row.metrics,

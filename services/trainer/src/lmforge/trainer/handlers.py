@@ -67,7 +67,8 @@ class TrainingRequestHandler:
                     dataset=req.dataset,
                     dataset_version=req.dataset_version,
                     base_model=req.base_model,
-                    hyperparameters=req.hyperparameters.model_dump() | {"_manifest": req.dataset_manifest_uri},
+                    dataset_manifest_uri=req.dataset_manifest_uri,
+                    hyperparameters=req.hyperparameters.model_dump(),
                     state=JobState.QUEUED,
                     step=0,
                     metrics={},
@@ -150,7 +151,7 @@ class JobExecutor:
 
     async def _run_job(self, job: Any) -> None:
         hp = dict(job.hyperparameters)
-        manifest_uri = hp.pop("_manifest")
+        manifest_uri = job.dataset_manifest_uri
         manifest = json.loads(self.artifacts.read_bytes(self.artifacts.key_of(manifest_uri)))
         parent = extract_context([("traceparent", job.traceparent.encode())] if job.traceparent else [])
         with tracer().start_as_current_span(

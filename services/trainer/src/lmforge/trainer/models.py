@@ -18,6 +18,7 @@ training_jobs = Table(
     Column("model_name", String(200), nullable=False),
     Column("dataset", String(200), nullable=False),
     Column("dataset_version", Integer, nullable=False),
+    Column("dataset_manifest_uri", Text, nullable=False, server_default=""),
     Column("base_model", Text, nullable=False),
     Column("hyperparameters", JSON, nullable=False),
     Column("state", String(16), nullable=False, index=True),

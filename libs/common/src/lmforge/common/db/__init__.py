@@ -4,6 +4,7 @@ from .engine import Database, create_engine
 from .inbox import Inbox
 from .migrations import run_alembic_env, upgrade_database, upgrade_database_sync
 from .outbox import Outbox, OutboxRelay
+from .statements import insert_ignoring_conflicts
 
 __all__ = [
     "Database",
@@ -11,6 +12,7 @@ __all__ = [
     "Outbox",
     "OutboxRelay",
     "create_engine",
+    "insert_ignoring_conflicts",
     "run_alembic_env",
     "upgrade_database",
     "upgrade_database_sync",

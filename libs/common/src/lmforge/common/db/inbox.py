@@ -15,9 +15,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import Column, DateTime, MetaData, String, Table
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from .statements import insert_ignoring_conflicts
 
 
 class Inbox:
@@ -37,13 +38,7 @@ class Inbox:
             "event_id": event_id,
             "received_at": datetime.now(UTC),
         }
-        dialect = session.get_bind().dialect.name
-        if dialect == "postgresql":
-            stmt = postgresql.insert(self.table).values(**values).on_conflict_do_nothing()
-        elif dialect == "sqlite":
-            stmt = sqlite.insert(self.table).values(**values).on_conflict_do_nothing()  # type: ignore[assignment]
-        else:
-            raise NotImplementedError(f"inbox: unsupported dialect {dialect}")
+        stmt = insert_ignoring_conflicts(session.get_bind().dialect.name, self.table, values)
         result = await session.execute(stmt)
         assert isinstance(result, CursorResult)
         return bool(result.rowcount == 1)

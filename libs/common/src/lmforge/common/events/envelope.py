@@ -89,7 +89,7 @@ def decode_event(
     try:
         data = payload_type.model_validate_json(value)
     except ValidationError as exc:
-        raise InvalidEvent(f"invalid {h['ce_type']} payload: {_first_errors(exc)}") from exc
+        raise InvalidEvent(f"invalid {h['ce_type']} payload: {describe_validation_error(exc)}") from exc
     try:
         time = datetime.fromisoformat(h["ce_time"]) if h.get("ce_time") else datetime.now(UTC)
     except ValueError as exc:
@@ -103,13 +103,10 @@ def decode_event(
     )
 
 
-def _first_errors(exc: ValidationError, limit: int = 3) -> str:
+def describe_validation_error(exc: ValidationError, limit: int = 3) -> str:
+    """The first few errors as ``field.path: message``, for a 4xx or a dead letter's reason."""
     parts = []
     for err in exc.errors()[:limit]:
         loc = ".".join(str(p) for p in err["loc"]) or "<root>"
         parts.append(f"{loc}: {err['msg']}")
     return "; ".join(parts)
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    return _first_errors(exc)

@@ -361,7 +361,7 @@ class ConsumerRunner:
                 try:
                     await self.handler(msg)  # the common case, without the retry machinery
                 except Exception as exc:  # noqa: BLE001 - retried or dead-lettered below
-                    ok = await self._attempt(msg, span, m, first_error=exc)
+                    ok = await self._retry_or_dead_letter(msg, span, m, exc)
                 else:
                     m.processed.inc()
                     ok = True
@@ -370,37 +370,35 @@ class ConsumerRunner:
                     return i
         return len(run)
 
-    async def _attempt(self, msg: InboundMessage, span: trace.Span, m: _TopicMetrics, first_error: Exception) -> bool:
-        """The failure path: attempt 1 raised ``first_error``; retry with backoff or dead-letter."""
+    async def _retry_or_dead_letter(
+        self, msg: InboundMessage, span: trace.Span, m: _TopicMetrics, error: Exception
+    ) -> bool:
+        """The failure path after the first attempt raised ``error``: retry with backoff, then
+        dead-letter. ``InvalidEvent`` is dead-lettered at once. False: stopped before it was done."""
         s = self.settings
-        attempt = 0
+        attempt = 1
         while True:
+            m.failed.inc()
+            span.record_exception(error)
+            if isinstance(error, InvalidEvent) or attempt >= s.max_attempts:
+                return await self._dead_letter(msg, error, attempt, span)
+            delay = min(s.retry_backoff_initial_s * 2 ** (attempt - 1), s.retry_backoff_max_s)
+            log.warning(
+                "handler failed, retrying",
+                group=self.group_id,
+                topic=msg.topic,
+                partition=msg.partition,
+                offset=msg.offset,
+                attempt=attempt,
+                delay_s=delay,
+                error=repr(error),
+            )
+            await asyncio.sleep(delay)
             attempt += 1
             try:
-                if attempt == 1:
-                    raise first_error
                 await self.handler(msg)
-            except InvalidEvent as exc:
-                m.failed.inc()
-                span.record_exception(exc)
-                return await self._dead_letter(msg, exc, attempt, span)
             except Exception as exc:  # noqa: BLE001 - any handler error is retried, then dead-lettered
-                m.failed.inc()
-                span.record_exception(exc)
-                if attempt >= s.max_attempts:
-                    return await self._dead_letter(msg, exc, attempt, span)
-                delay = min(s.retry_backoff_initial_s * 2 ** (attempt - 1), s.retry_backoff_max_s)
-                log.warning(
-                    "handler failed, retrying",
-                    group=self.group_id,
-                    topic=msg.topic,
-                    partition=msg.partition,
-                    offset=msg.offset,
-                    attempt=attempt,
-                    delay_s=delay,
-                    error=repr(exc),
-                )
-                await asyncio.sleep(delay)
+                error = exc
             else:
                 m.processed.inc()
                 return True
