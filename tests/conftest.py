@@ -1,4 +1,4 @@
-"""Session fixtures: real servers (Tansu, PostgreSQL, Triton) started by the project itself."""
+"""Session fixtures: real servers (Tansu, PostgreSQL, Triton, S3, Redis) started by the project itself."""
 
 from __future__ import annotations
 
@@ -14,7 +14,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from lmforge.common.db import Database
 from lmforge.common.settings import KafkaSettings
 from lmforge.common.telemetry import setup_tracing
-from lmforge.devstack.servers import PostgresCluster, TansuBroker, TritonServer, make_workdir
+from lmforge.devstack.servers import (
+    PostgresCluster,
+    RedisServer,
+    S3Server,
+    TansuBroker,
+    TritonServer,
+    make_workdir,
+)
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +54,19 @@ def postgres(server_workdir: Path) -> Iterator[PostgresCluster]:
 @pytest.fixture(scope="session")
 def triton(server_workdir: Path) -> Iterator[TritonServer]:
     with TritonServer(server_workdir / "triton", server_workdir / "triton-models") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server(server_workdir: Path) -> Iterator[S3Server]:
+    """An S3-compatible endpoint (moto_server); each test makes its own bucket with ``create_bucket``."""
+    with S3Server(server_workdir / "s3") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_server(server_workdir: Path) -> Iterator[RedisServer]:
+    with RedisServer(server_workdir / "redis") as server:
         yield server
 
 

@@ -7,6 +7,8 @@ reads ``LMFORGE_<NAME>_*`` variables (nested fields use ``__``, e.g.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -48,10 +50,16 @@ class DatabaseSettings(BaseModel):
 
 
 class ArtifactSettings(BaseModel):
-    """fsspec URL of the artifact store: a local folder by default, ``s3://bucket/prefix`` in production."""
+    """fsspec URL of the artifact store: a local folder by default, ``s3://bucket/prefix`` in production.
+
+    ``storage_options`` go to the fsspec backend as keyword arguments, e.g. for S3 (s3fs)
+    ``{"endpoint_url": "http://minio:9000", "key": ..., "secret": ..., "client_kwargs": {"region_name": ...}}``,
+    set as JSON in ``LMFORGE_<SERVICE>_ARTIFACTS__STORAGE_OPTIONS``. Without ``key``/``secret``, s3fs
+    uses the standard AWS credential chain (``AWS_ACCESS_KEY_ID``, a web identity, an instance role).
+    """
 
     url: str = "var/artifacts"
-    storage_options: dict[str, str] = Field(default_factory=dict)
+    storage_options: dict[str, Any] = Field(default_factory=dict)
 
 
 class HttpSettings(BaseModel):

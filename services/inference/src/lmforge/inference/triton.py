@@ -35,10 +35,10 @@ def triton_model_name(model: str, version: int) -> str:
     return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', model)}-v{version}"
 
 
-def _instance_kind(setting: str) -> str:
-    if setting != "auto":
-        return setting
-    return "KIND_GPU" if Path("/dev/nvidiactl").exists() else "KIND_CPU"
+# ``auto`` is Triton's own KIND_AUTO: the server that loads the model puts its instances on its
+# GPUs when it has any, else on the CPU. The inference container never looks for a GPU itself:
+# it has none in docker-compose or Kubernetes, where Triton runs beside it (docs/decisions.md).
+INSTANCE_KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 
 
 def config_pbtxt(name: str, settings: InferenceSettings) -> str:
@@ -57,7 +57,7 @@ def config_pbtxt(name: str, settings: InferenceSettings) -> str:
           {{ name: "COMPLETION_TOKENS", data_type: TYPE_INT32, dims: [ 1 ] }}
         ]
         dynamic_batching {{ max_queue_delay_microseconds: {settings.batch_delay_us} }}
-        instance_group [ {{ kind: {_instance_kind(settings.instance_kind)}, count: 1 }} ]
+        instance_group [ {{ kind: {INSTANCE_KINDS[settings.instance_kind]}, count: 1 }} ]
         """)
 
 
@@ -112,6 +112,11 @@ class TritonModels:
 
     async def load(self, name: str) -> None:
         await self._call(f"load {name}", lambda c, n: c.load_model(n), name, timeout=self.settings.load_timeout_s)
+
+    async def instance_kind(self, name: str) -> str:
+        """Where Triton placed a loaded model's instances (``KIND_CPU``/``KIND_GPU``), as it reports it."""
+        config = await self._call(f"config {name}", lambda c, n: c.get_model_config(n), name, timeout=10)
+        return str(config["instance_group"][0]["kind"])
 
     async def unload(self, name: str) -> None:
         await self._call(f"unload {name}", lambda c, n: c.unload_model(n), name, timeout=30)

@@ -1,5 +1,8 @@
 """One training run, in its own process: ``python -m lmforge.trainer.train SPEC.json RESULT.json``.
 
+The spec names the artifact store by ``artifacts_url`` and ``artifacts_storage_options`` (the
+service's own settings, credentials included, so the spec file is private to the service user).
+
 Reads the dataset version's Parquet shards from the artifact store, fine-tunes a causal language
 model on the train split, evaluates validation perplexity every ``eval_every`` steps with early
 stopping, saves the best weights and tokenizer to the artifact store, and writes the metrics.
@@ -12,7 +15,6 @@ model directory (``AutoModelForCausalLM`` + ``AutoTokenizer``).
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import random
@@ -39,8 +41,14 @@ def progress(**fields: Any) -> None:
 
 
 def load_split(store: ArtifactStore, uri: str) -> list[str]:
-    table = pq.read_table(io.BytesIO(store.read_bytes(store.key_of(uri))))
+    with store.open(store.key_of(uri)) as f:
+        table = pq.read_table(f, columns=["text"])
     return [t for t in table.column("text").to_pylist() if t]
+
+
+def open_store(spec: dict[str, Any]) -> ArtifactStore:
+    """The service's artifact store, as the spec names it (options may hold credentials: never log them)."""
+    return ArtifactStore(spec["artifacts_url"], spec.get("artifacts_storage_options") or {})
 
 
 def build_tokenizer(texts: list[str], vocab_size: int = 2000) -> PreTrainedTokenizerFast:
@@ -121,7 +129,7 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     hp = Hyperparameters.model_validate(spec["hyperparameters"])
     random.seed(hp.seed)
     torch.manual_seed(hp.seed)
-    store = ArtifactStore(spec["artifacts_url"])
+    store = open_store(spec)
     manifest = json.loads(store.read_bytes(store.key_of(spec["dataset_manifest_uri"])))
     train_texts = load_split(store, manifest["shards"]["train"])
     val_texts = load_split(store, manifest["shards"]["val"])

@@ -1,0 +1,77 @@
+"""Where model instances run is a setting (auto|cpu|gpu); "auto" is decided by Triton, never by
+looking at the inference service's own machine. Checked against the real (CPU-only) Triton."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from lmforge.common.artifacts import ArtifactStore
+from lmforge.devstack.servers import TritonServer
+from lmforge.inference.settings import InferenceSettings
+from lmforge.inference.triton import TritonModels, TritonRejected, config_pbtxt
+from lmforge.trainer.train import build_tokenizer
+
+
+def tiny_model(store: ArtifactStore, key: str) -> str:
+    tok = build_tokenizer(["Customer: hello Agent: hi there"] * 20, vocab_size=300)
+    config = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=32,
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        GPT2LMHeadModel(config).save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        return store.put_dir(Path(tmp), key)
+
+
+@pytest.mark.parametrize(("setting", "kind"), [("auto", "KIND_AUTO"), ("cpu", "KIND_CPU"), ("gpu", "KIND_GPU")])
+def test_the_setting_names_the_instance_kind(setting: str, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LMFORGE_INFERENCE_INSTANCE_KIND", setting)
+    text = config_pbtxt("m-v1", InferenceSettings())
+    assert f"instance_group [ {{ kind: {kind}, count: 1 }} ]" in text
+
+
+def test_unknown_instance_kinds_are_refused() -> None:
+    with pytest.raises(ValidationError):
+        InferenceSettings(instance_kind="KIND_TPU")  # type: ignore[arg-type]
+
+
+async def test_explicit_kinds_reach_triton_unchanged(triton: TritonServer, tmp_path: Path, unique: str) -> None:
+    """cpu loads on the CPU; gpu is passed through as asked, and this GPU-less Triton refuses it."""
+    store = ArtifactStore(str(tmp_path / "artifacts"))
+    uri = tiny_model(store, "models/m/run-1")
+
+    def models(kind: str) -> TritonModels:
+        settings = InferenceSettings(
+            triton_url=triton.http_url,
+            model_repository=str(triton.model_repository),
+            instance_kind=kind,  # type: ignore[arg-type]
+        )
+        return TritonModels(settings, store)
+
+    cpu = models("cpu")
+    await asyncio.to_thread(cpu.write_version, f"cpu{unique}-v1", uri)
+    await cpu.load(f"cpu{unique}-v1")
+    try:
+        assert await cpu.instance_kind(f"cpu{unique}-v1") == "KIND_CPU"
+        assert (await cpu.generate(f"cpu{unique}-v1", "Customer: hello Agent:", 2, 0.0)).completion_tokens >= 1
+    finally:
+        await cpu.unload(f"cpu{unique}-v1")
+
+    gpu = models("gpu")
+    await asyncio.to_thread(gpu.write_version, f"gpu{unique}-v1", uri)
+    with pytest.raises(TritonRejected, match="GPU"):
+        await gpu.load(f"gpu{unique}-v1")
+    assert not await gpu.is_ready(f"gpu{unique}-v1")
