@@ -15,8 +15,8 @@ from lmforge.common.events import DeploymentResultV1
 from lmforge.common.kafka import EventProducer
 from lmforge.common.settings import KafkaSettings
 from lmforge.devstack.servers import TritonServer
-from lmforge.inference.handlers import Reconciler
 from lmforge.inference.models import deployments, metadata, outbox
+from lmforge.inference.reconciler import Reconciler
 from lmforge.inference.settings import InferenceSettings
 from lmforge.inference.triton import TritonModels
 from lmforge.trainer.train import build_tokenizer

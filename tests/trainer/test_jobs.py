@@ -17,7 +17,8 @@ from lmforge.common.db import Database, OutboxRelay
 from lmforge.common.events import Event, Hyperparameters, JobState, TrainingRequestedV1
 from lmforge.common.kafka import EventProducer, InboundMessage
 from lmforge.common.settings import ArtifactSettings, DatabaseSettings, KafkaSettings
-from lmforge.trainer.handlers import JobExecutor, TrainingRequestHandler
+from lmforge.trainer.executor import JobExecutor
+from lmforge.trainer.handlers import TrainingRequestHandler
 from lmforge.trainer.models import metadata, outbox, training_jobs
 from lmforge.trainer.settings import TrainerSettings
 
@@ -65,6 +66,9 @@ async def test_failed_job_is_reported_and_the_next_job_runs(tmp_path: Path) -> N
     store = ArtifactStore.from_settings(settings.artifacts)
     executor = JobExecutor(settings, db, store, OutboxRelay(outbox, db.sessions, EventProducer(KafkaSettings(), "t")))
     handle = TrainingRequestHandler(db, "g", executor)
+    # A manifest URI outside the store, then one that does not exist: each fails its own job only.
+    await handle(request("job-foreign-uri", "s3://elsewhere/manifest.json"))
+    await handle(request("job-missing", store.uri("nowhere/manifest.json")))
     await handle(request("job-bad", dataset(store, "bad", corrupt=True)))
     good = request("job-good", dataset(store, "good"))
     await handle(good)
@@ -87,13 +91,18 @@ async def test_failed_job_is_reported_and_the_next_job_runs(tmp_path: Path) -> N
             for r in (await s.execute(select(outbox.table).order_by(outbox.table.c.id))).all()
         ]
         await db.dispose()
-    assert set(jobs) == {"job-bad", "job-good"}
+    assert set(jobs) == {"job-foreign-uri", "job-missing", "job-bad", "job-good"}
+    assert jobs["job-foreign-uri"].state == JobState.FAILED
+    assert "dataset manifest unreadable" in jobs["job-foreign-uri"].error
+    assert jobs["job-missing"].state == JobState.FAILED and "ArtifactNotFound" in jobs["job-missing"].error
     assert jobs["job-bad"].state == JobState.FAILED and "training process exited with 1" in jobs["job-bad"].error
     assert jobs["job-good"].state == JobState.SUCCEEDED, jobs["job-good"].error
     assert jobs["job-good"].metrics["val_perplexity"] > 0
     assert store.exists(f"models/m/{jobs['job-good'].run_id}/config.json")
     statuses = [(e["job_id"], e["state"]) for t, e in events if t == "lmforge.training.status.v1"]
     assert statuses == [
+        ("job-foreign-uri", "failed"),
+        ("job-missing", "failed"),
         ("job-bad", "running"),
         ("job-bad", "failed"),
         ("job-good", "running"),

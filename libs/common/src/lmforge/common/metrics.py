@@ -24,3 +24,17 @@ producer_sent = Counter("lmforge_producer_sent_total", "Events acknowledged by t
 producer_errors = Counter("lmforge_producer_errors_total", "Sends the broker did not acknowledge.", ("topic",))
 outbox_published = Counter("lmforge_outbox_published_total", "Outbox rows published.", ("topic",))
 outbox_pending = Gauge("lmforge_outbox_pending", "Outbox rows seen unpublished on the last relay pass.")
+consumer_poll_errors = Counter(
+    "lmforge_consumer_poll_errors_total", "Polls (getmany) that failed and were retried.", ("group",)
+)
+consumer_dead_letter_rejected = Counter(
+    "lmforge_consumer_dead_letter_rejected_total",
+    "Dead letters the broker refused for good (a smaller fallback letter follows).",
+    CONSUMER_LABELS,
+)
+LOOP_LABELS = ("service", "loop")
+loop_failures = Counter(
+    "lmforge_loop_failures_total", "Times a supervised loop failed (or returned) and was restarted.", LOOP_LABELS
+)
+loop_up = Gauge("lmforge_loop_up", "1 while a supervised loop is running, 0 while it waits to restart.", LOOP_LABELS)
+outbox_relay_errors = Counter("lmforge_outbox_relay_errors_total", "Relay passes that failed (broker or database).")

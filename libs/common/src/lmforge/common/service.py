@@ -1,9 +1,11 @@
 """The runtime every service is wired from: one start-up and shutdown order for all six.
 
 Start: telemetry, database migrations, the producer (waiting for the broker), the consumer
-runners, the outbox relay, then the service's own background loops. Stop, in reverse: consumers
-drain and commit (SIGTERM reaches this through uvicorn's lifespan shutdown), the relay publishes
-what is committed, background loops are cancelled, the producer flushes, spans are exported.
+runners, the outbox relay, then the service's own background loops. Every long-running loop runs
+under one ``Supervisor``: restarted with backoff when it fails, counted, and reported by
+``/readyz`` while it is down or stalled. Stop, in reverse: consumers drain and commit (SIGTERM
+reaches this through uvicorn's lifespan shutdown), the relay publishes what is committed,
+background loops are cancelled, the producer flushes, spans are exported.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .db import Database, Outbox, OutboxRelay, upgrade_database
 from .kafka import BrokerUnavailable, ConsumerRunner, EventProducer, Handler
 from .kafka.admin import ensure_topics
 from .settings import ServiceSettings
+from .supervisor import Progress, Supervisor
 from .telemetry import get_logger, setup_telemetry, shutdown_tracing
 
 log = get_logger(__name__)
@@ -50,20 +53,38 @@ class ServiceRuntime:
         self._migrations = migrations
         self._produces = list(produces)
         self._consumers: list[ConsumerRunner] = []
-        self._loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
-        self._tasks: list[asyncio.Task[None]] = []
+        sup = settings.supervision
+        self.supervisor = Supervisor(
+            self.name,
+            stall_timeout_s=sup.stall_timeout_s,
+            restart_backoff_initial_s=sup.restart_backoff_initial_s,
+            restart_backoff_max_s=sup.restart_backoff_max_s,
+        )
+        if self.relay is not None:
+            self.supervisor.add("outbox-relay", self.relay.run, progress=self.relay.progress)
         self.started = False
 
     def consume(self, group_id: str, topics: Sequence[str], handler: Handler) -> ConsumerRunner:
         runner = ConsumerRunner(
-            self.settings.kafka, group_id=group_id, topics=topics, handler=handler, producer=self.producer
+            self.settings.kafka,
+            group_id=group_id,
+            topics=topics,
+            handler=handler,
+            producer=self.producer,
+            artifacts=self.artifacts,
         )
         self._consumers.append(runner)
+        self.supervisor.add(f"consumer:{group_id}", runner.run, stalled_check=runner.stalled)
         return runner
 
-    def background(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """A long-running coroutine of the service's own (cancelled at shutdown)."""
-        self._loops.append((name, loop))
+    def background(
+        self, name: str, loop: Callable[[], Coroutine[Any, Any, None]], *, progress: Progress | None = None
+    ) -> None:
+        """A long-running coroutine of the service's own: supervised, cancelled at shutdown.
+
+        ``progress`` lets the loop say when it has work waiting and when it got some done, so a
+        loop that is alive but stuck makes the service not ready."""
+        self.supervisor.add(name, loop, progress=progress)
 
     async def start(self) -> None:
         if self._migrations is not None:
@@ -73,11 +94,7 @@ class ServiceRuntime:
             await ensure_topics(self.settings.kafka, self._produces)
         for runner in self._consumers:
             await runner.start()
-            self._tasks.append(runner.run_in_background())
-        if self.relay is not None:
-            self._tasks.append(asyncio.create_task(self.relay.run(), name=f"{self.name}:outbox-relay"))
-        for name, loop in self._loops:
-            self._tasks.append(asyncio.create_task(loop(), name=f"{self.name}:{name}"))
+        self.supervisor.start()
         self.started = True
         log.info("service started", service=self.name)
 
@@ -97,6 +114,7 @@ class ServiceRuntime:
                 delay = min(delay * 2, 5.0)
 
     async def stop(self) -> None:
+        self.supervisor.begin_shutdown()
         for runner in self._consumers:
             runner.request_stop()
         for runner in self._consumers:
@@ -106,9 +124,7 @@ class ServiceRuntime:
             self.relay.stop()
             with contextlib.suppress(Exception):
                 await self.relay.publish_pending()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.supervisor.stop()
         await self.producer.stop()
         await self.db.dispose()
         if self._owns_tracing:
@@ -134,4 +150,7 @@ class ServiceRuntime:
         async def started() -> bool:
             return self.started
 
-        return {"database": self.db.ping, "broker": broker, "started": started}
+        async def loops() -> bool:
+            return self.supervisor.ready()
+
+        return {"database": self.db.ping, "broker": broker, "started": started, "loops": loops}

@@ -23,6 +23,8 @@ class KafkaSettings(BaseModel):
     # Keep it above session_timeout_ms / 2: Tansu holds a JoinGroup that long.
     request_timeout_ms: int = 30_000
     linger_ms: int = 5
+    # The largest request a producer sends (Kafka's default broker limit is about 1 MiB).
+    max_request_size: int = 1_048_576
     # Consumer batch and group behaviour.
     max_batch_size: int = 500
     poll_timeout_ms: int = 500
@@ -35,6 +37,9 @@ class KafkaSettings(BaseModel):
     max_attempts: int = 3
     retry_backoff_initial_s: float = 0.2
     retry_backoff_max_s: float = 5.0
+    # A dead letter's value above this size goes to the artifact store (a reference travels in
+    # the headers) or, without a store, is cut to this size; either way a header says so.
+    dead_letter_max_value_bytes: int = 256 * 1024
     # Create missing topics (and their DLQs) at start-up; production clusters may manage topics.
     create_topics: bool = True
     topic_partitions: int = 4
@@ -67,6 +72,15 @@ class HttpSettings(BaseModel):
     port: int = 8000
 
 
+class SupervisionSettings(BaseModel):
+    """How long-running loops are restarted, and when a loop counts as stalled (``/readyz``)."""
+
+    restart_backoff_initial_s: float = 0.5
+    restart_backoff_max_s: float = 30.0
+    # No progress for this long while work waits (consumer lag, unpublished rows): not ready.
+    stall_timeout_s: float = 120.0
+
+
 class ServiceSettings(BaseSettings):
     """Base class: one instance per service process, read from the environment and ``.env``."""
 
@@ -78,6 +92,7 @@ class ServiceSettings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     artifacts: ArtifactSettings = Field(default_factory=ArtifactSettings)
+    supervision: SupervisionSettings = Field(default_factory=SupervisionSettings)
 
 
 def service_config(service: str) -> SettingsConfigDict:

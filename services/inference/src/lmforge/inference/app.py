@@ -9,8 +9,9 @@ from lmforge.common.http import create_app
 from lmforge.common.service import ServiceRuntime
 
 from . import api
-from .handlers import LifecycleHandler, Reconciler
+from .handlers import LifecycleHandler
 from .models import outbox
+from .reconciler import Reconciler
 from .settings import InferenceSettings
 from .triton import TritonModels
 

@@ -1,189 +1,13 @@
-"""Reconciliation: make Triton serve what the registry's aliases point at.
-
-Runs on every lifecycle event, at start-up (desired state from the registry), and every
-``reconcile_interval_s`` (a restarted Triton forgets what it had loaded). A failed deployment
-is reported and leaves the previously serving version in place.
-"""
+"""Model lifecycle events -> desired state (inbox claim in the same transaction) -> reconcile."""
 
 from __future__ import annotations
 
-import asyncio
-from datetime import UTC, datetime
-from typing import Any
-
-import httpx
-from sqlalchemy import select, update
-
-from lmforge.common.artifacts import ArtifactStore
-from lmforge.common.db import Database, OutboxRelay
-from lmforge.common.events import AliasMovedV1, DeploymentResultV1, DeploymentState, ModelVersionRegisteredV1, Topic
+from lmforge.common.db import Database
+from lmforge.common.events import AliasMovedV1, ModelVersionRegisteredV1
 from lmforge.common.kafka import InboundMessage
-from lmforge.common.telemetry import get_logger, tracer
 
-from .models import deployments, inbox, outbox
-from .settings import InferenceSettings
-from .triton import TritonModels, TritonRejected, TritonUnavailable, triton_model_name
-
-log = get_logger(__name__)
-
-
-class Reconciler:
-    def __init__(
-        self,
-        settings: InferenceSettings,
-        db: Database,
-        artifacts: ArtifactStore,
-        triton: TritonModels,
-        relay: OutboxRelay,
-    ) -> None:
-        self.settings = settings
-        self.db = db
-        self.artifacts = artifacts
-        self.triton = triton
-        self.relay = relay
-        self._lock = asyncio.Lock()
-
-    async def set_desired(self, model: str, alias: str, version: int, artifact_uri: str) -> None:
-        now = datetime.now(UTC)
-        async with self.db.sessions.begin() as session:
-            exists = (
-                await session.execute(
-                    select(deployments.c.model_name).where(
-                        deployments.c.model_name == model, deployments.c.alias == alias
-                    )
-                )
-            ).first()
-            if exists:
-                await session.execute(
-                    update(deployments)
-                    .where(deployments.c.model_name == model, deployments.c.alias == alias)
-                    .values(desired_version=version, desired_artifact_uri=artifact_uri, updated_at=now)
-                )
-            else:
-                await session.execute(
-                    deployments.insert().values(
-                        model_name=model,
-                        alias=alias,
-                        desired_version=version,
-                        desired_artifact_uri=artifact_uri,
-                        state="pending",
-                        updated_at=now,
-                    )
-                )
-
-    async def reconcile(self) -> None:
-        """Deploy every alias whose desired version is not the one Triton serves (or is not loaded)."""
-        async with self._lock:
-            async with self.db.sessions() as session:
-                rows = (await session.execute(select(deployments))).all()
-            for row in rows:
-                name = triton_model_name(row.model_name, row.desired_version)
-                if row.serving_version == row.desired_version and await self.triton.is_ready(name):
-                    continue
-                if row.failed_version == row.desired_version:
-                    continue  # this version already failed; wait for a new desired version
-                await self._deploy(row)
-
-    async def _deploy(self, row: Any) -> None:
-        model, alias, version = row.model_name, row.alias, row.desired_version
-        name = triton_model_name(model, version)
-        with tracer().start_as_current_span(
-            "inference deploy", attributes={"lmforge.model": model, "lmforge.alias": alias, "lmforge.version": version}
-        ) as span:
-            try:
-                await asyncio.to_thread(self.triton.write_version, name, row.desired_artifact_uri)
-                await self.triton.load(name)
-                smoke = await self.triton.generate(name, "Hello", 1, 0.0)
-                log.info(
-                    "deployed",
-                    model=model,
-                    alias=alias,
-                    version=version,
-                    triton_model=name,
-                    smoke_tokens=smoke.completion_tokens,
-                )
-                state, error = DeploymentState.DEPLOYED, None
-            except TritonUnavailable as exc:
-                # Triton itself is away: nothing to report yet; the periodic reconcile retries.
-                span.record_exception(exc)
-                log.warning("triton unavailable, deployment postponed", model=model, version=version, error=str(exc))
-                return
-            except (TritonRejected, OSError, ValueError) as exc:
-                span.record_exception(exc)
-                state, error = DeploymentState.FAILED, str(exc)
-                log.error(
-                    "deployment failed; previous version keeps serving", model=model, version=version, error=str(exc)
-                )
-            previous = row.triton_model if state == DeploymentState.DEPLOYED else None
-            async with self.db.sessions.begin() as session:
-                values: dict[str, Any] = {"state": state, "error": error, "updated_at": datetime.now(UTC)}
-                if state == DeploymentState.DEPLOYED:
-                    values |= {"serving_version": version, "triton_model": name, "failed_version": None}
-                else:
-                    values |= {"failed_version": version}
-                await session.execute(
-                    update(deployments)
-                    .where(deployments.c.model_name == model, deployments.c.alias == alias)
-                    .values(**values)
-                )
-                await outbox.add(
-                    session,
-                    Topic.DEPLOYMENT_EVENTS,
-                    DeploymentResultV1(
-                        model_name=model,
-                        alias=alias,
-                        version=version,
-                        state=state,
-                        triton_model=name,
-                        error=error,
-                    ),
-                    key=model,
-                )
-            self.relay.wake()
-            if state == DeploymentState.FAILED:
-                await self._unload_quietly(name)
-            elif previous and previous != name and not await self._referenced(previous):
-                await self._unload_quietly(previous)
-
-    async def _referenced(self, triton_model: str) -> bool:
-        async with self.db.sessions() as session:
-            return (
-                await session.execute(select(deployments.c.alias).where(deployments.c.triton_model == triton_model))
-            ).first() is not None
-
-    async def _unload_quietly(self, name: str) -> None:
-        try:
-            await self.triton.unload(name)
-        except (TritonRejected, TritonUnavailable) as exc:
-            log.warning("unload failed", triton_model=name, error=str(exc))
-
-    async def sync_from_registry(self) -> bool:
-        """Desired state from the registry's aliases (start-up); False if the registry is away."""
-        try:
-            async with httpx.AsyncClient(base_url=self.settings.registry_url, timeout=10) as client:
-                resp = await client.get("/models")
-                resp.raise_for_status()
-                models = resp.json()
-        except httpx.HTTPError as exc:
-            log.warning("registry unavailable; reconciling from local state", error=str(exc))
-            return False
-        for m in models:
-            by_version = {v["version"]: v for v in m["versions"]}
-            for alias, version in m["aliases"].items():
-                if version in by_version:
-                    await self.set_desired(m["name"], alias, version, by_version[version]["artifact_uri"])
-        return True
-
-    async def run_periodically(self) -> None:
-        synced = False
-        while True:
-            try:
-                if not synced:
-                    synced = await self.sync_from_registry()
-                await self.reconcile()
-            except Exception as exc:
-                log.exception("reconcile pass failed", error=str(exc))
-            await asyncio.sleep(self.settings.reconcile_interval_s)
+from .models import inbox
+from .reconciler import Reconciler, set_desired
 
 
 class LifecycleHandler:
@@ -197,8 +21,10 @@ class LifecycleHandler:
         if not isinstance(event.data, AliasMovedV1):
             return  # a registered version is deployed when an alias points at it
         moved: AliasMovedV1 = event.data
+        # The claim and the desired state commit together: a failure leaves neither, so the
+        # redelivered event is handled again and the alias move is never lost.
         async with self.db.sessions.begin() as session:
             if not await inbox.claim(session, self.group, event.id):
                 return
-        await self.reconciler.set_desired(moved.model_name, moved.alias, moved.version, moved.artifact_uri)
+            await set_desired(session, moved.model_name, moved.alias, moved.version, moved.artifact_uri)
         await self.reconciler.reconcile()

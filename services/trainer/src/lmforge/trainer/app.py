@@ -9,7 +9,8 @@ from lmforge.common.http import create_app
 from lmforge.common.service import ServiceRuntime
 
 from . import api
-from .handlers import JobExecutor, TrainingRequestHandler
+from .executor import JobExecutor
+from .handlers import TrainingRequestHandler
 from .models import outbox
 from .settings import TrainerSettings
 

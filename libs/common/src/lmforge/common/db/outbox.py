@@ -31,7 +31,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .. import metrics
 from ..events import Event, EventPayload
-from ..kafka.producer import BrokerUnavailable, EventProducer
+from ..kafka.producer import EventProducer
+from ..supervisor import Progress
 from ..telemetry import extract_context, get_logger, inject_context, tracer
 
 log = get_logger(__name__)
@@ -101,6 +102,7 @@ class OutboxRelay:
         self.batch_size = batch_size
         self._wake = asyncio.Event()
         self._stopping = False
+        self.progress = Progress()
 
     def wake(self) -> None:
         self._wake.set()
@@ -120,6 +122,7 @@ class OutboxRelay:
                 )
             ).all()
             metrics.outbox_pending.set(len(rows))
+            self.progress.backlog(len(rows))
             published: list[int] = []
             try:
                 for row in rows:
@@ -130,6 +133,9 @@ class OutboxRelay:
                 # Mark what the broker acknowledged, even if a later row failed.
                 if published:
                     await session.execute(update(t).where(t.c.id.in_(published)).values(published_at=datetime.now(UTC)))
+        if published:
+            self.progress.advanced()
+            self.progress.backlog(len(rows) - len(published))
         return len(published)
 
     async def _publish_row(self, topic: str, key: str, value: bytes, stored: list[list[str]]) -> None:
@@ -150,19 +156,33 @@ class OutboxRelay:
             await self.producer.send_raw(topic, value, key=key.encode(), headers=inject_context(trace_free))
 
     async def run(self) -> None:
+        """Publish committed rows until stopped. A failed pass (broker away, database error) is
+        logged, counted and retried after a backoff: the relay never dies of it. Rows wait in the
+        table meanwhile, and ``progress`` tells the supervisor that they do."""
+        backoff = self.poll_interval_s
         while not self._stopping:
             try:
                 count = await self.publish_pending()
-            except BrokerUnavailable as exc:
-                log.warning("outbox relay: broker unavailable, will retry", error=str(exc))
-                count = 0
+            except Exception as exc:  # noqa: BLE001 - any failed pass is retried; the rows are still there
+                metrics.outbox_relay_errors.inc()
+                log.warning(
+                    "outbox relay pass failed, will retry", error=f"{type(exc).__name__}: {exc}", retry_in_s=backoff
+                )
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            backoff = self.poll_interval_s
             if count >= self.batch_size:
                 continue
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
-            except TimeoutError:
-                pass
+            await self._sleep(self.poll_interval_s)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Wait for ``wake()`` or ``seconds``, whichever comes first."""
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except TimeoutError:
+            pass
 
     def stop(self) -> None:
         self._stopping = True

@@ -11,7 +11,7 @@ from .consumer import (
     Handler,
     InboundMessage,
 )
-from .producer import BrokerUnavailable, EventProducer
+from .producer import BrokerUnavailable, EventProducer, PublishRejected
 
 __all__ = [
     "DLQ_ATTEMPTS",
@@ -24,5 +24,6 @@ __all__ = [
     "EventProducer",
     "Handler",
     "InboundMessage",
+    "PublishRejected",
     "ensure_topics",
 ]

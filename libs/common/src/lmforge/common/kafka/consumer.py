@@ -5,12 +5,21 @@ Guarantees (ARCHITECTURE.md, "Delivery semantics"):
 - **At-least-once.** Offsets are committed manually, after the handler has returned, so a
   handler's side effects are durable before the offset moves. A crash before the commit means
   redelivery; handlers make that harmless with the inbox (``lmforge.common.db.Inbox``).
-- **Per-partition order.** Records of one partition are handled one after another; partitions
-  of a batch are handled concurrently.
+- **Per-partition order, partitions independent.** Records of one partition are handled one
+  after another by that partition's worker; the partition is paused while its worker runs, and
+  the poll loop goes on fetching for the others. A slow or stuck partition never holds the rest;
+  each partition commits on its own as its worker finishes.
 - **Poison messages never block.** A handler error is retried with exponential backoff up to
   ``max_attempts``; then the record goes to ``<topic>.dlq`` with headers naming the original
   topic, partition, offset, the error and the attempt count, and the partition moves on.
   ``InvalidEvent`` (undecodable, failed validation) is dead-lettered at once: retrying cannot fix it.
+- **A dead letter is always publishable.** A value over ``dead_letter_max_value_bytes`` goes to
+  the artifact store, with a reference in the ``dlq.value.*`` headers (or, without a store, is cut
+  and a header says so). A write the broker refuses for good (``PublishRejected``) is never
+  retried as is: the runner falls back to a dead letter without the value.
+- **A failing poll never kills the loop.** Broker errors in ``getmany`` are logged, counted and
+  retried with backoff. ``stalled()`` tells the supervisor (and ``/readyz``) when a partition
+  with records waiting has made no progress for a while.
 - **Rebalance-safe.** When partitions are revoked, the in-flight batch stops after the records
   being handled, the finished records are committed, and nothing unprocessed is committed.
 - **Graceful drain.** ``request_stop()`` (wired to SIGTERM) does the same, then leaves the group.
@@ -19,6 +28,7 @@ Guarantees (ARCHITECTURE.md, "Delivery semantics"):
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import signal
 import time
 import traceback
@@ -34,11 +44,12 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
 
 from .. import metrics
+from ..artifacts import ArtifactStore
 from ..events import Event, EventPayload, InvalidEvent, dead_letter_topic, decode_event
 from ..settings import KafkaSettings
 from ..telemetry import extract_context, get_logger, tracer
 from .admin import ensure_topics
-from .producer import BrokerUnavailable, EventProducer
+from .producer import BrokerUnavailable, EventProducer, PublishRejected
 
 log = get_logger(__name__)
 
@@ -51,6 +62,14 @@ DLQ_ERROR_TYPE = "dlq.error.type"
 DLQ_ATTEMPTS = "dlq.attempts"
 DLQ_CONSUMER_GROUP = "dlq.consumer.group"
 DLQ_FAILED_AT = "dlq.failed.at"
+# Set when the original value is not in the dead letter (too large, or refused by the broker).
+DLQ_VALUE_BYTES = "dlq.value.bytes"
+DLQ_VALUE_SHA256 = "dlq.value.sha256"
+DLQ_VALUE_REF = "dlq.value.ref"
+DLQ_VALUE_TRUNCATED = "dlq.value.truncated"
+DLQ_VALUE_OMITTED = "dlq.value.omitted"
+# Original headers kept in a value-less fallback dead letter.
+_ESSENTIAL_HEADERS = frozenset({"ce_id", "ce_type", "ce_source", "ce_specversion", "ce_time", "traceparent"})
 
 
 @dataclass(frozen=True)
@@ -166,6 +185,7 @@ class ConsumerRunner:
         handler: Handler,
         producer: EventProducer | None = None,
         client_id: str | None = None,
+        artifacts: ArtifactStore | None = None,
     ) -> None:
         self.settings = settings
         self.group_id = group_id
@@ -175,12 +195,18 @@ class ConsumerRunner:
         self._owns_producer = producer is None
         self._client_id = client_id or group_id
         self._consumer: AIOKafkaConsumer | None = None
+        self._artifacts = artifacts
         self._stopping = asyncio.Event()
-        self._abort_batch = False
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._task: asyncio.Task[None] | None = None
         self._bound_metrics: dict[str, _TopicMetrics] = {}
+        # One worker per partition with records in hand; the partition is paused while it runs.
+        self._workers: dict[TopicPartition, asyncio.Task[None]] = {}
+        self._revoking: set[TopicPartition] = set()
+        self._worker_error: BaseException | None = None
+        # Per partition: when a record was last finished, and what was last known to wait.
+        self._last_progress: dict[TopicPartition, float] = {}
+        self._lag: dict[TopicPartition, int] = {}
+        self._next_offset: dict[TopicPartition, int] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -237,16 +263,36 @@ class ConsumerRunner:
             loop.add_signal_handler(sig, self.request_stop)
 
     async def run(self) -> None:
-        """Consume until ``request_stop()``. Call ``start()`` first."""
+        """Consume until ``request_stop()``. Call ``start()`` first.
+
+        Raises only for a bug in the runner itself (a supervisor restarts it); broker errors
+        while polling are retried with backoff.
+        """
         consumer = self._require()
         self._task = asyncio.current_task()
         s = self.settings
+        backoff = s.retry_backoff_initial_s
         try:
             while not self._stopping.is_set():
-                batch = await consumer.getmany(timeout_ms=s.poll_timeout_ms, max_records=s.max_batch_size)
-                if batch and not self._stopping.is_set():
-                    await self._process_batch(batch)
+                if self._worker_error is not None:
+                    error, self._worker_error = self._worker_error, None
+                    raise error
+                try:
+                    batch = await consumer.getmany(timeout_ms=s.poll_timeout_ms, max_records=s.max_batch_size)
+                except KafkaError as exc:
+                    metrics.consumer_poll_errors.labels(self.group_id).inc()
+                    log.warning("poll failed, retrying", group=self.group_id, error=str(exc), retry_in_s=backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, s.retry_backoff_max_s)
+                    continue
+                backoff = s.retry_backoff_initial_s
+                if self._stopping.is_set():
+                    break
+                for tp, records in batch.items():
+                    self._start_worker(tp, records)
+                self._refresh_idle_lag()
         finally:
+            await self._drain(set(self._workers))
             self._task = None
 
     def run_in_background(self) -> asyncio.Task[None]:
@@ -275,36 +321,55 @@ class ConsumerRunner:
             m = self._bound_metrics[topic] = _TopicMetrics.bind(self.group_id, topic)
         return m
 
-    def _should_halt(self) -> bool:
-        return self._stopping.is_set() or self._abort_batch
+    def _should_halt(self, tp: TopicPartition) -> bool:
+        return self._stopping.is_set() or tp in self._revoking
 
-    async def _process_batch(self, batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> None:
+    def _start_worker(self, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]) -> None:
         consumer = self._require()
-        self._idle.clear()
-        done: dict[TopicPartition, int] = {}
+        if tp in self._workers:  # cannot happen while paused; never run two workers on one partition
+            consumer.seek(tp, records[0].offset)
+            return
+        consumer.pause(tp)
+        self._last_progress.setdefault(tp, time.monotonic())
+        self._workers[tp] = asyncio.create_task(
+            self._work(tp, records), name=f"consumer:{self.group_id}:{tp.topic}[{tp.partition}]"
+        )
+
+    async def _work(self, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]) -> None:
+        """Handle one partition's fetched records in order, commit what was finished, resume."""
+        consumer = self._require()
+        next_offset = records[0].offset
         try:
-
-            async def run_partition(tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]) -> None:
-                for run in _runs_by_trace(records):
-                    if self._should_halt():
-                        return
-                    handled = await self._process_run(run)
-                    if handled:
-                        done[tp] = run[handled - 1].offset + 1
-                    if handled < len(run):
-                        return
-
-            await asyncio.gather(*(run_partition(tp, recs) for tp, recs in batch.items()))
-            await self._commit(done)
-            # Records fetched but not handled (stop or revoke): rewind so they are fetched again,
-            # by this member or by the partition's next owner (which starts at the commit).
-            for tp, recs in batch.items():
-                next_offset = done.get(tp, recs[0].offset)
-                if next_offset <= recs[-1].offset and tp in consumer.assignment():
-                    consumer.seek(tp, next_offset)
-            self._update_lag(done)
+            for run in _runs_by_trace(records):
+                if self._should_halt(tp):
+                    break
+                handled = await self._process_run(tp, run)
+                if handled:
+                    next_offset = run[handled - 1].offset + 1
+                if handled < len(run):
+                    break
+        except Exception as exc:  # a runner bug: surfaced by run(), restarted by the supervisor
+            log.exception("partition worker failed", group=self.group_id, partition=f"{tp.topic}[{tp.partition}]")
+            self._worker_error = exc
         finally:
-            self._idle.set()
+            try:
+                if next_offset > records[0].offset:
+                    await self._commit({tp: next_offset})
+                if tp in consumer.assignment():
+                    # Records fetched but not handled (stop, revoke, failure) are fetched again, by
+                    # this member or by the partition's next owner (which starts at the commit).
+                    if next_offset <= records[-1].offset:
+                        consumer.seek(tp, next_offset)
+                    consumer.resume(tp)
+                self._update_lag(tp, next_offset)
+            finally:
+                self._workers.pop(tp, None)
+
+    async def _drain(self, partitions: set[TopicPartition]) -> None:
+        """Let the workers of ``partitions`` stop after the record in hand and commit."""
+        workers = [self._workers[tp] for tp in partitions if tp in self._workers]
+        if workers:
+            await asyncio.gather(*workers, return_exceptions=True)
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         if not offsets:
@@ -321,15 +386,30 @@ class ConsumerRunner:
             log.warning("commit failed, records will be redelivered", group=self.group_id, error=str(exc))
 
     async def _drain_for_revoke(self, revoked: set[TopicPartition]) -> None:
-        """Called by aiokafka before partitions move: let the in-flight batch stop and commit."""
-        self._abort_batch = True
+        """Called by aiokafka before partitions move: let their workers stop and commit."""
+        self._revoking |= revoked
         try:
-            await self._idle.wait()
+            await self._drain(revoked)
         finally:
-            self._abort_batch = False
+            self._revoking -= revoked
+            for tp in revoked:
+                self._last_progress.pop(tp, None)
+                self._lag.pop(tp, None)
+                self._next_offset.pop(tp, None)
         log.info("partitions revoked", group=self.group_id, partitions=_fmt(revoked))
 
-    async def _process_run(self, run: list[ConsumerRecord[Any, Any]]) -> int:
+    def stalled(self, timeout_s: float) -> bool:
+        """A partition with records waiting made no progress for ``timeout_s`` (or the loop is gone)."""
+        if self._consumer is None or self._stopping.is_set():
+            return False
+        now = time.monotonic()
+        for tp in self._require().assignment():
+            waiting = tp in self._workers or self._lag.get(tp, 0) > 0
+            if waiting and now - self._last_progress.get(tp, now) > timeout_s:
+                return True
+        return False
+
+    async def _process_run(self, tp: TopicPartition, run: list[ConsumerRecord[Any, Any]]) -> int:
         """Handle consecutive records of one partition that share a trace context, in one
         ``<topic> process`` span whose parent is that context. Returns how many were finished."""
         first = run[0]
@@ -350,7 +430,7 @@ class ConsumerRunner:
             attributes=attributes,
         ) as span:
             for i, rec in enumerate(run):
-                if i and self._should_halt():
+                if i and self._should_halt(tp):
                     return i
                 msg = InboundMessage.from_record(rec)
                 if len(run) == 1:
@@ -368,6 +448,7 @@ class ConsumerRunner:
                 m.handler_seconds.observe(time.perf_counter() - started)
                 if not ok:
                     return i
+                self._last_progress[tp] = time.monotonic()
         return len(run)
 
     async def _retry_or_dead_letter(
@@ -404,11 +485,12 @@ class ConsumerRunner:
                 return True
 
     async def _dead_letter(self, msg: InboundMessage, exc: BaseException, attempts: int, span: trace.Span) -> bool:
+        """Publish ``msg`` to ``<topic>.dlq``. True once the broker acknowledged it; False if the
+        runner was stopped (or the partition revoked) first, so the record is redelivered."""
         assert self._producer is not None
         dlq = dead_letter_topic(msg.topic)
         error = f"{type(exc).__name__}: {exc}"
-        headers = [
-            *msg.headers,
+        dlq_headers = [
             (DLQ_ORIGINAL_TOPIC, msg.topic.encode()),
             (DLQ_ORIGINAL_PARTITION, str(msg.partition).encode()),
             (DLQ_ORIGINAL_OFFSET, str(msg.offset).encode()),
@@ -430,29 +512,86 @@ class ConsumerRunner:
             error=error,
             stack="".join(traceback.format_exception(exc)[-3:]),
         )
+        value, value_headers = await self._dead_letter_value(msg)
+        full = (value, [*msg.headers, *dlq_headers, *value_headers])
+        # The fallback when the broker refuses the full letter for good: no value, essential headers.
+        omitted = [(DLQ_VALUE_OMITTED, b"true")]
+        if msg.value is not None and not any(k == DLQ_VALUE_BYTES for k, _ in value_headers):
+            omitted.append((DLQ_VALUE_BYTES, str(len(msg.value)).encode()))
+        bare = (
+            b"",  # empty, not None: a record needs a key or a value
+            [*((k, v) for k, v in msg.headers if k in _ESSENTIAL_HEADERS), *dlq_headers, *value_headers, *omitted],
+        )
+        candidates = [full, bare]
         backoff = self.settings.retry_backoff_initial_s
-        # The record is only done once its dead letter is acknowledged: nothing is dropped.
+        # The record is only done once a dead letter is acknowledged: nothing is dropped.
         while True:
+            letter_value, letter_headers = candidates[0]
             try:
-                await self._producer.send_raw(dlq, msg.value, key=msg.key, headers=headers)
+                await self._producer.send_raw(dlq, letter_value, key=msg.key, headers=letter_headers)
+            except PublishRejected as rejected:
+                log.error(
+                    "dead letter refused by the broker", topic=dlq, error=str(rejected), fallback=len(candidates) > 1
+                )
+                metrics.consumer_dead_letter_rejected.labels(self.group_id, msg.topic).inc()
+                if len(candidates) > 1:
+                    candidates.pop(0)  # never retry a permanent refusal as it was
+                    continue
             except BrokerUnavailable as send_exc:
-                if self._stopping.is_set():
-                    return False
                 log.error("dead-letter publish failed, retrying", topic=dlq, error=str(send_exc))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.settings.retry_backoff_max_s)
             else:
                 self._metrics(msg.topic).dead_lettered.inc()
                 return True
+            if self._should_halt(TopicPartition(msg.topic, msg.partition)):
+                return False
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.settings.retry_backoff_max_s)
 
-    def _update_lag(self, done: dict[TopicPartition, int]) -> None:
+    async def _dead_letter_value(self, msg: InboundMessage) -> tuple[bytes | None, list[tuple[str, bytes]]]:
+        """The value a dead letter carries, and headers that say what became of an oversized one."""
+        value = msg.value
+        limit = self.settings.dead_letter_max_value_bytes
+        if value is None or len(value) <= limit:
+            return value, []
+        headers = [
+            (DLQ_VALUE_BYTES, str(len(value)).encode()),
+            (DLQ_VALUE_SHA256, hashlib.sha256(value).hexdigest().encode()),
+        ]
+        if self._artifacts is not None:
+            key = f"dead-letters/{msg.topic}/{msg.partition}/{msg.offset}-{self.group_id}.bin"
+            try:
+                uri = await asyncio.to_thread(self._artifacts.write_bytes, key, value)
+            except Exception as exc:  # noqa: BLE001 - the store is away: cut the value instead
+                log.error("could not store an oversized dead letter; cutting it", key=key, error=str(exc))
+            else:
+                return b"", [*headers, (DLQ_VALUE_REF, uri.encode())]
+        return value[:limit], [*headers, (DLQ_VALUE_TRUNCATED, b"true")]
+
+    def _update_lag(self, tp: TopicPartition, next_offset: int) -> None:
+        self._next_offset[tp] = next_offset
+        try:
+            highwater = self._require().highwater(tp)
+        except Exception:  # noqa: BLE001 - partition moved away meanwhile
+            return
+        if highwater is not None:
+            self._set_lag(tp, max(0, highwater - next_offset))
+
+    def _refresh_idle_lag(self) -> None:
+        """Lag of partitions with no worker: what the fetcher knows is waiting beyond its position."""
         consumer = self._require()
-        for tp, next_offset in done.items():
+        for tp in consumer.assignment():
+            if tp in self._workers:
+                continue
+            position = self._next_offset.get(tp)
             try:
                 highwater = consumer.highwater(tp)
-            except Exception:  # noqa: BLE001 - partition moved away meanwhile
+            except Exception:  # noqa: BLE001 - the partition moved away
                 continue
-            if highwater is not None:
-                metrics.consumer_lag.labels(self.group_id, tp.topic, str(tp.partition)).set(
-                    max(0, highwater - next_offset)
-                )
+            if highwater is not None and position is not None:
+                self._set_lag(tp, max(0, highwater - position))
+
+    def _set_lag(self, tp: TopicPartition, lag: int) -> None:
+        if lag == 0 or tp not in self._last_progress:
+            self._last_progress[tp] = time.monotonic()
+        self._lag[tp] = lag
+        metrics.consumer_lag.labels(self.group_id, tp.topic, str(tp.partition)).set(lag)

@@ -8,7 +8,14 @@ from types import TracebackType
 from typing import Self
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidTopicError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAuthorizationFailedError,
+)
 from aiokafka.structs import RecordMetadata
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -22,6 +29,30 @@ class BrokerUnavailable(RuntimeError):
     """The broker did not acknowledge a write; HTTP layers answer 503 with Retry-After."""
 
     retry_after_s = 5
+
+
+class PublishRejected(RuntimeError):
+    """The broker (or the client, before sending) refused a write for good: retrying cannot help.
+
+    A message over ``max_request_size`` or the broker's limit, an invalid or forbidden topic.
+    """
+
+
+# Errors that a retry of the same message cannot fix.
+_PERMANENT = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    InvalidTopicError,
+    TopicAuthorizationFailedError,
+)
+
+
+def _send_failed(topic: str, exc: BaseException) -> Exception:
+    """The exception a caller sees for a failed send: permanent or worth retrying."""
+    if isinstance(exc, _PERMANENT):
+        return PublishRejected(f"the broker refused a write to {topic}: {type(exc).__name__}: {exc}")
+    return BrokerUnavailable(f"send to {topic} failed: {exc}")
 
 
 class EventProducer:
@@ -38,6 +69,7 @@ class EventProducer:
             bootstrap_servers=s.bootstrap_servers,
             acks="all",
             enable_idempotence=s.enable_idempotence,
+            max_request_size=s.max_request_size,
             request_timeout_ms=s.request_timeout_ms,
             linger_ms=s.linger_ms,
             client_id=f"lmforge-{self.source}",
@@ -78,7 +110,10 @@ class EventProducer:
     async def publish(
         self, topic: str, payload: EventPayload | Event[EventPayload], *, key: str
     ) -> Event[EventPayload]:
-        """Publish one event and wait for ``acks=all``. Raises ``BrokerUnavailable``."""
+        """Publish one event and wait for ``acks=all``.
+
+        Raises ``BrokerUnavailable`` (retry later) or ``PublishRejected`` (retrying cannot help).
+        """
         (event,) = await self.publish_many(topic, [(key, payload)])
         return event
 
@@ -112,12 +147,13 @@ class EventProducer:
             except KafkaError as exc:
                 metrics.producer_errors.labels(topic).inc()
                 span.set_status(StatusCode.ERROR, str(exc))
-                raise BrokerUnavailable(f"send to {topic} failed: {exc}") from exc
+                raise _send_failed(topic, exc) from exc
             errors = [r for r in results if isinstance(r, BaseException)]
             if errors:
                 metrics.producer_errors.labels(topic).inc(len(errors))
                 span.set_status(StatusCode.ERROR, str(errors[0]))
-                raise BrokerUnavailable(
+                failure = _send_failed(topic, errors[0])
+                raise type(failure)(
                     f"broker did not acknowledge {len(errors)} of {len(events)} writes to {topic}: {errors[0]}"
                 ) from errors[0]
         metrics.producer_sent.labels(topic).inc(len(events))
@@ -130,6 +166,6 @@ class EventProducer:
             result = await producer.send_and_wait(topic, value=value, key=key, headers=headers)
         except KafkaError as exc:
             metrics.producer_errors.labels(topic).inc()
-            raise BrokerUnavailable(f"send to {topic} failed: {exc}") from exc
+            raise _send_failed(topic, exc) from exc
         metrics.producer_sent.labels(topic).inc()
         return result

@@ -1,0 +1,188 @@
+"""The reconciler: make Triton serve what the registry's aliases point at.
+
+Runs on every lifecycle event, at start-up (desired state from the registry), and every
+``reconcile_interval_s`` (a restarted Triton forgets what it had loaded). A failed deployment
+is reported and leaves the previously serving version in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from lmforge.common.artifacts import ArtifactStore
+from lmforge.common.db import Database, OutboxRelay
+from lmforge.common.events import DeploymentResultV1, DeploymentState, Topic
+from lmforge.common.telemetry import get_logger, tracer
+
+from .models import deployments, outbox
+from .settings import InferenceSettings
+from .triton import TritonModels, TritonRejected, TritonUnavailable, triton_model_name
+
+log = get_logger(__name__)
+
+
+async def set_desired(session: AsyncSession, model: str, alias: str, version: int, artifact_uri: str) -> None:
+    """Record which version an alias should serve, in the caller's transaction."""
+    now = datetime.now(UTC)
+    where = (deployments.c.model_name == model, deployments.c.alias == alias)
+    exists = (await session.execute(select(deployments.c.model_name).where(*where))).first()
+    if exists:
+        await session.execute(
+            update(deployments)
+            .where(*where)
+            .values(desired_version=version, desired_artifact_uri=artifact_uri, updated_at=now)
+        )
+    else:
+        await session.execute(
+            deployments.insert().values(
+                model_name=model,
+                alias=alias,
+                desired_version=version,
+                desired_artifact_uri=artifact_uri,
+                state="pending",
+                updated_at=now,
+            )
+        )
+
+
+class Reconciler:
+    def __init__(
+        self,
+        settings: InferenceSettings,
+        db: Database,
+        artifacts: ArtifactStore,
+        triton: TritonModels,
+        relay: OutboxRelay,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.artifacts = artifacts
+        self.triton = triton
+        self.relay = relay
+        self._lock = asyncio.Lock()
+        self.passes = 0
+
+    async def set_desired(self, model: str, alias: str, version: int, artifact_uri: str) -> None:
+        async with self.db.sessions.begin() as session:
+            await set_desired(session, model, alias, version, artifact_uri)
+
+    async def reconcile(self) -> None:
+        """Deploy every alias whose desired version is not the one Triton serves (or is not loaded)."""
+        async with self._lock:
+            async with self.db.sessions() as session:
+                rows = (await session.execute(select(deployments))).all()
+            for row in rows:
+                name = triton_model_name(row.model_name, row.desired_version)
+                if row.serving_version == row.desired_version and await self.triton.is_ready(name):
+                    continue
+                if row.failed_version == row.desired_version:
+                    continue  # this version already failed; wait for a new desired version
+                await self._deploy(row)
+
+    async def _deploy(self, row: Any) -> None:
+        model, alias, version = row.model_name, row.alias, row.desired_version
+        name = triton_model_name(model, version)
+        with tracer().start_as_current_span(
+            "inference deploy", attributes={"lmforge.model": model, "lmforge.alias": alias, "lmforge.version": version}
+        ) as span:
+            try:
+                await asyncio.to_thread(self.triton.write_version, name, row.desired_artifact_uri)
+                await self.triton.load(name)
+                smoke = await self.triton.generate(name, "Hello", 1, 0.0)
+                log.info(
+                    "deployed",
+                    model=model,
+                    alias=alias,
+                    version=version,
+                    triton_model=name,
+                    smoke_tokens=smoke.completion_tokens,
+                )
+                state, error = DeploymentState.DEPLOYED, None
+            except TritonUnavailable as exc:
+                # Triton itself is away: nothing to report yet; the periodic reconcile retries.
+                span.record_exception(exc)
+                log.warning("triton unavailable, deployment postponed", model=model, version=version, error=str(exc))
+                return
+            except (TritonRejected, OSError, ValueError) as exc:
+                span.record_exception(exc)
+                state, error = DeploymentState.FAILED, str(exc)
+                log.error(
+                    "deployment failed; previous version keeps serving", model=model, version=version, error=str(exc)
+                )
+            previous = row.triton_model if state == DeploymentState.DEPLOYED else None
+            async with self.db.sessions.begin() as session:
+                values: dict[str, Any] = {"state": state, "error": error, "updated_at": datetime.now(UTC)}
+                if state == DeploymentState.DEPLOYED:
+                    values |= {"serving_version": version, "triton_model": name, "failed_version": None}
+                else:
+                    values |= {"failed_version": version}
+                await session.execute(
+                    update(deployments)
+                    .where(deployments.c.model_name == model, deployments.c.alias == alias)
+                    .values(**values)
+                )
+                await outbox.add(
+                    session,
+                    Topic.DEPLOYMENT_EVENTS,
+                    DeploymentResultV1(
+                        model_name=model,
+                        alias=alias,
+                        version=version,
+                        state=state,
+                        triton_model=name,
+                        error=error,
+                    ),
+                    key=model,
+                )
+            self.relay.wake()
+            if state == DeploymentState.FAILED:
+                await self._unload_quietly(name)
+            elif previous and previous != name and not await self._referenced(previous):
+                await self._unload_quietly(previous)
+
+    async def _referenced(self, triton_model: str) -> bool:
+        async with self.db.sessions() as session:
+            return (
+                await session.execute(select(deployments.c.alias).where(deployments.c.triton_model == triton_model))
+            ).first() is not None
+
+    async def _unload_quietly(self, name: str) -> None:
+        try:
+            await self.triton.unload(name)
+        except (TritonRejected, TritonUnavailable) as exc:
+            log.warning("unload failed", triton_model=name, error=str(exc))
+
+    async def sync_from_registry(self) -> bool:
+        """Desired state from the registry's aliases (start-up); False if the registry is away."""
+        try:
+            async with httpx.AsyncClient(base_url=self.settings.registry_url, timeout=10) as client:
+                resp = await client.get("/models")
+                resp.raise_for_status()
+                models = resp.json()
+        except httpx.HTTPError as exc:
+            log.warning("registry unavailable; reconciling from local state", error=str(exc))
+            return False
+        for m in models:
+            by_version = {v["version"]: v for v in m["versions"]}
+            for alias, version in m["aliases"].items():
+                if version in by_version:
+                    await self.set_desired(m["name"], alias, version, by_version[version]["artifact_uri"])
+        return True
+
+    async def run_periodically(self) -> None:
+        """Resync desired state from the registry and reconcile, every interval, for ever.
+
+        The resync keeps running after its first success: an alias moved while this service was
+        away (its event consumed by nobody yet, or dead-lettered) is still picked up.
+        """
+        while True:
+            await self.sync_from_registry()
+            await self.reconcile()
+            self.passes += 1
+            await asyncio.sleep(self.settings.reconcile_interval_s)

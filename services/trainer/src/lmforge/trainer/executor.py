@@ -1,0 +1,265 @@
+"""The job executor: runs queued training jobs one at a time, each in its own process.
+
+Jobs live in the database: a restarted trainer picks up queued jobs and re-queues the one that
+was running. A job that fails for any reason (a bad manifest URI, a crashed training process, a
+timeout) is marked failed and reported; the executor goes on with the next job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import Link
+from sqlalchemy import select, update
+
+from lmforge.common.artifacts import ArtifactStore
+from lmforge.common.db import Database, OutboxRelay
+from lmforge.common.events import (
+    Hyperparameters,
+    JobState,
+    ModelReadyV1,
+    Topic,
+    TrainingStatusV1,
+)
+from lmforge.common.telemetry import extract_context, get_logger, tracer
+
+from .models import outbox, training_jobs
+from .settings import TrainerSettings
+
+log = get_logger(__name__)
+
+
+def _link_to(traceparent: str | None) -> list[Link]:
+    """A span link to the trace that cut the dataset version: the fan-in of data into training."""
+    if not traceparent:
+        return []
+    ctx = trace.get_current_span(extract_context([("traceparent", traceparent.encode())])).get_span_context()
+    return [Link(ctx, {"lmforge.link": "dataset_version"})] if ctx.is_valid else []
+
+
+class JobExecutor:
+    def __init__(self, settings: TrainerSettings, db: Database, artifacts: ArtifactStore, relay: OutboxRelay) -> None:
+        self.settings = settings
+        self.db = db
+        self.artifacts = artifacts
+        self.relay = relay
+        self._wake = asyncio.Event()
+        self._current: tuple[str, asyncio.subprocess.Process] | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        await self._requeue_interrupted()
+        while True:
+            job = await self._next_job()
+            if job is None:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval_s)
+                continue
+            await self._run_job(job)
+
+    async def cancel(self, job_id: str) -> str | None:
+        """Cancel a queued or running job; returns its state after the call, None if unknown."""
+        async with self.db.sessions.begin() as session:
+            row = (await session.execute(select(training_jobs).where(training_jobs.c.job_id == job_id))).first()
+            if row is None:
+                return None
+            if row.state == JobState.QUEUED:
+                await self._set(session, job_id, state=JobState.CANCELLED)
+                return JobState.CANCELLED
+        if row.state == JobState.RUNNING and self._current and self._current[0] == job_id:
+            with contextlib.suppress(ProcessLookupError):
+                self._current[1].kill()
+            return JobState.CANCELLED
+        return str(row.state)
+
+    async def _requeue_interrupted(self) -> None:
+        async with self.db.sessions.begin() as session:
+            await session.execute(
+                update(training_jobs).where(training_jobs.c.state == JobState.RUNNING).values(state=JobState.QUEUED)
+            )
+
+    async def _next_job(self) -> Any:
+        async with self.db.sessions() as session:
+            return (
+                await session.execute(
+                    select(training_jobs)
+                    .where(training_jobs.c.state == JobState.QUEUED)
+                    .order_by(training_jobs.c.created_at)
+                    .limit(1)
+                )
+            ).first()
+
+    @staticmethod
+    async def _set(session: Any, job_id: str, **values: Any) -> None:
+        await session.execute(
+            update(training_jobs).where(training_jobs.c.job_id == job_id).values(updated_at=datetime.now(UTC), **values)
+        )
+
+    def _read_manifest(self, manifest_uri: str) -> dict[str, Any]:
+        manifest = json.loads(self.artifacts.read_bytes(self.artifacts.key_of(manifest_uri)))
+        if not isinstance(manifest, dict):
+            raise ValueError("the dataset manifest is not a JSON object")
+        return manifest
+
+    async def _run_job(self, job: Any) -> None:
+        hp = dict(job.hyperparameters)
+        manifest_uri = job.dataset_manifest_uri
+        manifest: dict[str, Any] = {}
+        manifest_error: Exception | None = None
+        try:
+            manifest = await asyncio.to_thread(self._read_manifest, manifest_uri)
+        except Exception as exc:  # noqa: BLE001 - an unreadable manifest fails this job, not the executor
+            manifest_error = exc
+        parent = extract_context([("traceparent", job.traceparent.encode())] if job.traceparent else [])
+        with tracer().start_as_current_span(
+            "training job",
+            context=parent,
+            links=_link_to(manifest.get("trace", {}).get("traceparent")),
+            attributes={
+                "lmforge.job_id": job.job_id,
+                "lmforge.run_id": job.run_id,
+                "lmforge.model": job.model_name,
+                "lmforge.dataset": f"{job.dataset}@{job.dataset_version}",
+            },
+        ) as span:
+            if manifest_error is not None:
+                await self._end_without_model(
+                    job,
+                    span,
+                    RuntimeError(f"dataset manifest unreadable: {type(manifest_error).__name__}: {manifest_error}"),
+                )
+                return
+            async with self.db.sessions.begin() as session:
+                await self._set(session, job.job_id, state=JobState.RUNNING)
+                await self._status(session, job, JobState.RUNNING)
+            self.relay.wake()
+            try:
+                result = await self._train_in_subprocess(job, hp, manifest_uri)
+            except Exception as exc:  # noqa: BLE001 - a failed job is reported, never fatal to the worker
+                await self._end_without_model(job, span, exc)
+                return
+            metrics = result["metrics"]
+            async with self.db.sessions.begin() as session:
+                await self._set(
+                    session,
+                    job.job_id,
+                    state=JobState.SUCCEEDED,
+                    metrics=metrics,
+                    artifact_uri=result["artifact_uri"],
+                    step=int(metrics["steps"]),
+                )
+                await self._status(session, job, JobState.SUCCEEDED, metrics=metrics)
+                await outbox.add(
+                    session,
+                    Topic.MODEL_READY,
+                    ModelReadyV1(
+                        model_name=job.model_name,
+                        run_id=job.run_id,
+                        job_id=job.job_id,
+                        artifact_uri=result["artifact_uri"],
+                        base_model=job.base_model,
+                        dataset=job.dataset,
+                        dataset_version=job.dataset_version,
+                        dataset_manifest_uri=manifest_uri,
+                        hyperparameters=Hyperparameters.model_validate(hp),
+                        metrics=metrics,
+                    ),
+                    key=job.model_name,
+                )
+            self.relay.wake()
+            log.info("training job succeeded", job_id=job.job_id, run_id=job.run_id, metrics=metrics)
+
+    async def _end_without_model(self, job: Any, span: trace.Span, exc: Exception) -> None:
+        """Mark a job failed (or cancelled) and report it; the executor goes on with the next job."""
+        state = JobState.CANCELLED if isinstance(exc, JobCancelled) else JobState.FAILED
+        span.set_status(trace.StatusCode.ERROR, str(exc)[:200])
+        log.error("training job ended without a model", job_id=job.job_id, state=state, error=str(exc)[-2000:])
+        async with self.db.sessions.begin() as session:
+            await self._set(session, job.job_id, state=state, error=str(exc)[-4000:])
+            await self._status(session, job, state, error=str(exc)[-1000:])
+        self.relay.wake()
+
+    async def _status(
+        self,
+        session: Any,
+        job: Any,
+        state: JobState,
+        *,
+        metrics: dict[str, float] | None = None,
+        error: str | None = None,
+    ) -> None:
+        await outbox.add(
+            session,
+            Topic.TRAINING_EVENTS,
+            TrainingStatusV1(
+                job_id=job.job_id, model_name=job.model_name, state=state, metrics=metrics or {}, error=error
+            ),
+            key=job.job_id,
+        )
+
+    async def _train_in_subprocess(self, job: Any, hp: dict[str, Any], manifest_uri: str) -> dict[str, Any]:
+        work = Path(self.settings.work_dir)
+        work.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - a local folder, once per job
+        with tempfile.TemporaryDirectory(dir=work) as tmp:
+            spec_path, result_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
+            spec_path.write_text(
+                json.dumps(
+                    {
+                        "hyperparameters": hp,
+                        "base_model": job.base_model,
+                        "dataset_manifest_uri": manifest_uri,
+                        "artifacts_url": self.artifacts.url,
+                        # May hold credentials: the spec lives in a private temp folder, never in a log.
+                        "artifacts_storage_options": self.artifacts.storage_options,
+                        "artifact_key": f"models/{job.model_name}/{job.run_id}",
+                    }
+                )
+            )
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-P",
+                "-m",
+                "lmforge.trainer.train",
+                str(spec_path),
+                str(result_path),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            self._current = (job.job_id, proc)
+            try:
+                stderr_task = asyncio.create_task(proc.stderr.read())  # type: ignore[union-attr]
+                assert proc.stdout is not None
+                async with asyncio.timeout(self.settings.job_timeout_s):
+                    async for line in proc.stdout:
+                        with contextlib.suppress(ValueError):
+                            step = json.loads(line).get("step")
+                            if step:
+                                async with self.db.sessions.begin() as session:
+                                    await self._set(session, job.job_id, step=int(step))
+                    code = await proc.wait()
+                stderr = (await stderr_task).decode("utf-8", "replace")
+            except TimeoutError:
+                proc.kill()
+                raise RuntimeError(f"training exceeded {self.settings.job_timeout_s:.0f}s") from None
+            finally:
+                self._current = None
+            if code < 0:
+                raise JobCancelled(f"training process killed by signal {-code}")
+            if code != 0:
+                raise RuntimeError(f"training process exited with {code}: {stderr.strip()[-1500:]}")
+            return json.loads(await asyncio.to_thread(result_path.read_text))  # type: ignore[no-any-return]
+
+
+class JobCancelled(RuntimeError):
+    pass
