@@ -18,3 +18,9 @@ class IngestSettings(ServiceSettings):
     consumer_group: str = "lmforge-ingest"
     max_records_per_request: int = 1000
     max_request_bytes: int = 10 * 1024 * 1024
+    # One record as JSON: its raw-data event must fit the producer's max_request_size (1 MiB).
+    max_record_bytes: int = 512 * 1024
+    # The sweeper republishes rows stored but not acknowledged, once older than the grace period.
+    sweep_interval_s: float = 5.0
+    sweep_grace_s: float = 10.0
+    sweep_batch_size: int = 500

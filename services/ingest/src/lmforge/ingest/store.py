@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Literal
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from lmforge.common.db import Database, insert_ignoring_conflicts
 from lmforge.common.events import Event, RawRecordV1, Topic, UpstreamRecord, content_hash, record_key
@@ -23,17 +23,37 @@ class IngestResult:
     event_id: str
 
 
+class RecordTooLarge(ValueError):
+    """A record whose event would not fit in one Kafka message: refused before it is stored."""
+
+    def __init__(self, index: int, size: int, limit: int) -> None:
+        super().__init__(f"record {index} is {size} bytes as JSON: at most {limit}")
+        self.index, self.size, self.limit = index, size, limit
+
+
+def check_record_size(records: list[UpstreamRecord], limit: int) -> None:
+    """Refuse any record over ``limit`` bytes as JSON: its raw-data event could never be published,
+    and a stored row that cannot be published would wait for ever."""
+    for i, record in enumerate(records):
+        size = len(record.model_dump_json().encode())
+        if size > limit:
+            raise RecordTooLarge(i, size, limit)
+
+
 class RawRecordStore:
-    def __init__(self, db: Database, producer: EventProducer) -> None:
+    def __init__(self, db: Database, producer: EventProducer, *, max_record_bytes: int = 512 * 1024) -> None:
         self.db = db
         self.producer = producer
+        self.max_record_bytes = max_record_bytes
 
     async def accept(self, records: list[UpstreamRecord]) -> list[IngestResult]:
         """Store each record once and publish every stored record not yet acknowledged by the broker.
 
         Returns only after the broker acknowledged the writes (``BrokerUnavailable`` otherwise; the
-        rows stay unpublished, and the client's retry publishes them with the same event ids).
+        rows stay unpublished, and the client's retry, or the sweeper, publishes them with the same
+        event ids). A record too large to publish raises ``RecordTooLarge`` before anything is stored.
         """
+        check_record_size(records, self.max_record_bytes)
         now = datetime.now(UTC)
         rows = [
             {
@@ -62,34 +82,73 @@ class RawRecordStore:
         by_key = {(s.source, s.source_id, s.content_hash): s for s in stored}
         pending = {s.id: s for s in stored if s.published_at is None}
         if pending:
-            events = [
-                (
-                    row.record_id,
-                    Event(
-                        data=RawRecordV1(
-                            record_id=row.record_id,
-                            source=row.source,
-                            source_id=row.source_id,
-                            text=row.text,
-                            content_hash=row.content_hash,
-                            metadata=row.metadata,
-                            label=row.label,
-                            timestamp=row.timestamp,
-                            ingested_at=row.ingested_at,
-                        ),
-                        source=self.producer.source,
-                        id=row.event_id,
-                        subject=row.record_id,
-                    ),
-                )
-                for row in pending.values()
-            ]
-            await self.producer.publish_many(Topic.RAW_DATA, events)  # type: ignore[arg-type]
-            async with self.db.sessions.begin() as session:
-                await session.execute(update(t).where(t.c.id.in_(list(pending))).values(published_at=datetime.now(UTC)))
+            await self._publish(list(pending.values()))
         results = []
         for r in rows:
             row = by_key[(r["source"], r["source_id"], r["content_hash"])]
             status: Literal["accepted", "duplicate"] = "accepted" if row.id in pending else "duplicate"
             results.append(IngestResult(row.record_id, status, row.event_id))
         return results
+
+    async def _publish(self, rows: list[Any]) -> None:
+        """Publish stored rows (in the given order) with their fixed event ids, then mark them."""
+        t = raw_records
+        events = [
+            (
+                row.record_id,
+                Event(
+                    data=RawRecordV1(
+                        record_id=row.record_id,
+                        source=row.source,
+                        source_id=row.source_id,
+                        text=row.text,
+                        content_hash=row.content_hash,
+                        metadata=row.metadata,
+                        label=row.label,
+                        timestamp=row.timestamp,
+                        ingested_at=row.ingested_at,
+                    ),
+                    source=self.producer.source,
+                    id=row.event_id,
+                    subject=row.record_id,
+                ),
+            )
+            for row in rows
+        ]
+        await self.producer.publish_many(Topic.RAW_DATA, events)  # type: ignore[arg-type]
+        async with self.db.sessions.begin() as session:
+            ids = [r.id for r in rows]
+            await session.execute(update(t).where(t.c.id.in_(ids)).values(published_at=datetime.now(UTC)))
+
+    async def publish_stranded(self, older_than_s: float, limit: int) -> tuple[int, float]:
+        """Publish rows stored but never acknowledged (their request got a 503, or the process
+        died between commit and ack), oldest first. Rows younger than ``older_than_s`` are left to
+        the request that is publishing them. Returns (published, age in seconds of the oldest
+        unpublished row left, 0 if none)."""
+        t = raw_records
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
+        async with self.db.sessions() as session:
+            rows = (
+                await session.execute(
+                    select(t).where(t.c.published_at.is_(None), t.c.ingested_at < cutoff).order_by(t.c.id).limit(limit)
+                )
+            ).all()
+        if rows:
+            await self._publish(list(rows))
+        return len(rows), await self.oldest_unpublished_age_s()
+
+    async def oldest_unpublished_age_s(self) -> float:
+        t = raw_records
+        async with self.db.sessions() as session:
+            oldest = (
+                await session.execute(select(func.min(t.c.ingested_at)).where(t.c.published_at.is_(None)))
+            ).scalar_one_or_none()
+        return _age_s(oldest)
+
+
+def _age_s(at: datetime | None) -> float:
+    if at is None:
+        return 0.0
+    if at.tzinfo is None:  # SQLite hands back naive datetimes
+        at = at.replace(tzinfo=UTC)
+    return max(0.0, (datetime.now(UTC) - at).total_seconds())

@@ -42,13 +42,16 @@ dropped_records = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
+# A version number is claimed first (state "pending", unique per dataset), then its files are
+# written under it, then it becomes "ready": two concurrent cuts never share a number or files.
 dataset_versions = Table(
     "dataset_versions",
     metadata,
     Column("id", _id, primary_key=True, autoincrement=True),
     Column("dataset", String(200), nullable=False),
     Column("version", Integer, nullable=False),
-    Column("manifest_uri", Text, nullable=False),
+    Column("state", String(16), nullable=False, server_default="ready"),
+    Column("manifest_uri", Text, nullable=True),
     Column("record_count", Integer, nullable=False),
     Column("split_counts", JSON, nullable=False),
     Column("config_hash", String(64), nullable=False),

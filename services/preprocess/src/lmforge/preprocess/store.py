@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from collections import Counter
@@ -10,7 +11,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from lmforge.common.artifacts import ArtifactStore
 from lmforge.common.db import Database, OutboxRelay
@@ -25,16 +27,30 @@ class EmptyDataset(ValueError):
     pass
 
 
+class VersionContention(RuntimeError):
+    """Too many concurrent cuts of one dataset: the caller may retry."""
+
+
 class DatasetStore:
     def __init__(self, db: Database, artifacts: ArtifactStore, relay: OutboxRelay) -> None:
         self.db = db
         self.artifacts = artifacts
         self.relay = relay
+        self.claim_attempts = 20
 
     async def create_version(self, dataset: str, sources: list[str] | None = None) -> dict[str, Any]:
-        """Snapshot the cleaned records (optionally of some sources) as the dataset's next version."""
+        """Snapshot the cleaned records (optionally of some sources) as the dataset's next version.
+
+        A record edited upstream (same source and source id, new text) has several cleaned rows:
+        the newest is in the version, the older ones are listed under ``superseded`` in the
+        manifest (and stay in the versions cut before the edit).
+        """
         t = cleaned_records
-        query = select(
+        newest = select(func.max(t.c.id)).group_by(t.c.record_id)
+        if sources:
+            newest = newest.where(t.c.source.in_(sources))
+        columns = (
+            t.c.id,
             t.c.record_id,
             t.c.content_hash,
             t.c.text,
@@ -43,67 +59,37 @@ class DatasetStore:
             t.c.source,
             t.c.source_partition,
             t.c.source_offset,
-        ).order_by(t.c.id)
+        )
+        query = select(*columns).order_by(t.c.id)
         if sources:
             query = query.where(t.c.source.in_(sources))
         async with self.db.sessions() as session:
-            rows = (await session.execute(query)).all()
-            version = (
-                await session.execute(
-                    select(func.coalesce(func.max(dataset_versions.c.version), 0)).where(
-                        dataset_versions.c.dataset == dataset
-                    )
-                )
-            ).scalar_one() + 1
+            every = (await session.execute(query)).all()
+            latest = set((await session.execute(newest)).scalars())
+        rows = [r for r in every if r.id in latest]
+        superseded = [{"record_id": r.record_id, "content_hash": r.content_hash} for r in every if r.id not in latest]
         if not rows:
             raise EmptyDataset(f"no cleaned records{' for sources ' + ', '.join(sources) if sources else ''}")
-        prefix = f"datasets/{dataset}/v{version}"
-        shards = {}
-        for split in Split:
-            part = [r for r in rows if r.split == split.value]
-            table = pa.table(
-                {
-                    "record_id": [r.record_id for r in part],
-                    "content_hash": [r.content_hash for r in part],
-                    "text": [r.text for r in part],
-                    "label": pa.array([r.label for r in part], type=pa.string()),
-                }
-            )
-            buf = io.BytesIO()
-            pq.write_table(table, buf)
-            shards[split.value] = self.artifacts.write_bytes(f"{prefix}/{split.value}.parquet", buf.getvalue())
-        offsets: dict[str, int] = {}
-        for r in rows:
-            key = str(r.source_partition)
-            offsets[key] = max(offsets.get(key, 0), r.source_offset + 1)
         split_counts = {s.value: 0 for s in Split} | dict(Counter(r.split for r in rows))
-        manifest = {
-            "dataset": dataset,
-            "version": version,
-            "created_at": datetime.now(UTC).isoformat(),
-            "config_hash": CONFIG_HASH,
-            "pipeline_config": PIPELINE_CONFIG,
-            "record_count": len(rows),
-            "split_counts": split_counts,
-            "sources": sorted({r.source for r in rows}),
-            "source_offsets": {Topic.RAW_DATA.value: offsets},
-            "shards": shards,
-            "records": [{"record_id": r.record_id, "content_hash": r.content_hash, "split": r.split} for r in rows],
-            # The trace that cut this version: training runs link to it (a fan-in, not a parent).
-            "trace": dict((k, v.decode()) for k, v in inject_context([])),
-        }
-        manifest_uri = self.artifacts.write_bytes(f"{prefix}/manifest.json", json.dumps(manifest, indent=1).encode())
+        version = await self._claim_version(dataset, len(rows), split_counts)
+        try:
+            manifest = await asyncio.to_thread(self._write_version, dataset, version, rows, superseded, split_counts)
+        except BaseException:
+            async with self.db.sessions.begin() as session:  # give the number back: nothing was announced
+                await session.execute(
+                    delete(dataset_versions).where(
+                        dataset_versions.c.dataset == dataset,
+                        dataset_versions.c.version == version,
+                        dataset_versions.c.state == "pending",
+                    )
+                )
+            raise
+        manifest_uri = manifest["manifest_uri"]
         async with self.db.sessions.begin() as session:
             await session.execute(
-                dataset_versions.insert().values(
-                    dataset=dataset,
-                    version=version,
-                    manifest_uri=manifest_uri,
-                    record_count=len(rows),
-                    split_counts=split_counts,
-                    config_hash=CONFIG_HASH,
-                    created_at=datetime.now(UTC),
-                )
+                update(dataset_versions)
+                .where(dataset_versions.c.dataset == dataset, dataset_versions.c.version == version)
+                .values(state="ready", manifest_uri=manifest_uri)
             )
             await outbox.add(
                 session,
@@ -123,9 +109,86 @@ class DatasetStore:
             "manifest_uri": manifest_uri
         }
 
+    async def _claim_version(self, dataset: str, record_count: int, split_counts: dict[str, int]) -> int:
+        """Take the dataset's next version number for this cut: a unique row, committed before
+        any file is written. A concurrent cut that took the same number first makes this try the next."""
+        for _ in range(self.claim_attempts):
+            try:
+                async with self.db.sessions.begin() as session:
+                    version = (
+                        await session.execute(
+                            select(func.coalesce(func.max(dataset_versions.c.version), 0)).where(
+                                dataset_versions.c.dataset == dataset
+                            )
+                        )
+                    ).scalar_one() + 1
+                    await session.execute(
+                        dataset_versions.insert().values(
+                            dataset=dataset,
+                            version=version,
+                            state="pending",
+                            record_count=record_count,
+                            split_counts=split_counts,
+                            config_hash=CONFIG_HASH,
+                            created_at=datetime.now(UTC),
+                        )
+                    )
+                return int(version)
+            except IntegrityError:
+                continue  # another cut claimed this number between our read and our insert
+        raise VersionContention(f"dataset {dataset}: no version number free after {self.claim_attempts} tries")
+
+    def _write_version(
+        self,
+        dataset: str,
+        version: int,
+        rows: list[Any],
+        superseded: list[dict[str, str]],
+        split_counts: dict[str, int],
+    ) -> dict[str, Any]:
+        """Write the shards and the manifest under the claimed version (files nobody else writes)."""
+        prefix = f"datasets/{dataset}/v{version}"
+        shards = {}
+        for split in Split:
+            part = [r for r in rows if r.split == split.value]
+            table = pa.table(
+                {
+                    "record_id": [r.record_id for r in part],
+                    "content_hash": [r.content_hash for r in part],
+                    "text": [r.text for r in part],
+                    "label": pa.array([r.label for r in part], type=pa.string()),
+                }
+            )
+            buf = io.BytesIO()
+            pq.write_table(table, buf)
+            shards[split.value] = self.artifacts.write_bytes(f"{prefix}/{split.value}.parquet", buf.getvalue())
+        offsets: dict[str, int] = {}
+        for r in rows:
+            key = str(r.source_partition)
+            offsets[key] = max(offsets.get(key, 0), r.source_offset + 1)
+        manifest = {
+            "dataset": dataset,
+            "version": version,
+            "created_at": datetime.now(UTC).isoformat(),
+            "config_hash": CONFIG_HASH,
+            "pipeline_config": PIPELINE_CONFIG,
+            "record_count": len(rows),
+            "split_counts": split_counts,
+            "sources": sorted({r.source for r in rows}),
+            "source_offsets": {Topic.RAW_DATA.value: offsets},
+            "shards": shards,
+            "records": [{"record_id": r.record_id, "content_hash": r.content_hash, "split": r.split} for r in rows],
+            # Older versions of records edited upstream: not in this version, kept for lineage.
+            "superseded": superseded,
+            # The trace that cut this version: training runs link to it (a fan-in, not a parent).
+            "trace": dict((k, v.decode()) for k, v in inject_context([])),
+        }
+        uri = self.artifacts.write_bytes(f"{prefix}/manifest.json", json.dumps(manifest, indent=1).encode())
+        return manifest | {"manifest_uri": uri}
+
     async def list_versions(self, dataset: str | None = None) -> list[dict[str, Any]]:
         t = dataset_versions
-        query = select(t).order_by(t.c.dataset, t.c.version)
+        query = select(t).where(t.c.state == "ready").order_by(t.c.dataset, t.c.version)
         if dataset:
             query = query.where(t.c.dataset == dataset)
         async with self.db.sessions() as session:
