@@ -22,6 +22,9 @@ class KafkaSettings(BaseModel):
     # Also bounds how long a send waits for an unreachable broker before BrokerUnavailable (503).
     # Keep it above session_timeout_ms / 2: Tansu holds a JoinGroup that long.
     request_timeout_ms: int = 30_000
+    # How long a publish waits for the broker's ack before BrokerUnavailable (HTTP: 503 + Retry-After).
+    # Shorter than an HTTP client's patience: while the broker is away, callers hear so quickly.
+    publish_timeout_s: float = 10.0
     linger_ms: int = 5
     # The largest request a producer sends (Kafka's default broker limit is about 1 MiB).
     max_request_size: int = 1_048_576

@@ -58,12 +58,12 @@ def _tail(path: Path, lines: int = 40) -> str:
         return "<no log>"
 
 
-def kill_process_group(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-    """SIGTERM the process group, then SIGKILL whatever is left after ``grace`` seconds."""
+def kill_process_group(proc: subprocess.Popen[bytes], grace: float = 5.0, sig: int = signal.SIGTERM) -> None:
+    """Send ``sig`` (SIGTERM) to the process group, then SIGKILL whatever is left after ``grace`` seconds."""
     if proc.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, sig)
     try:
         proc.wait(grace)
     except subprocess.TimeoutExpired:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -42,14 +43,21 @@ class Stack:
     admin_key: str = field(default_factory=lambda: f"lmf_admin_{secrets.token_urlsafe(24)}")
     upstream_topic: str = "upstream.records"
     extra_env: dict[str, str] = field(default_factory=dict)
+    # A subset of the services (tests of the data path need no Triton, trainer or inference).
+    only: tuple[str, ...] = SERVICES
 
     def __post_init__(self) -> None:
         self.workdir = self.workdir.resolve()
         self.broker: TansuBroker | None = None
         self.triton: TritonServer | None = None
         self.pg: PostgresCluster | None = None
+        unknown = set(self.only) - set(SERVICES)
+        if unknown:
+            raise ValueError(f"unknown services: {', '.join(sorted(unknown))}")
         self.services = {
-            name: ServiceProcess(name, free_port(), self.workdir / "logs" / f"{name}.log") for name in SERVICES
+            name: ServiceProcess(name, free_port(), self.workdir / "logs" / f"{name}.log")
+            for name in SERVICES
+            if name in self.only
         }
 
     @property
@@ -65,7 +73,7 @@ class Stack:
         return f"sqlite+aiosqlite:///{self.workdir / 'db' / f'{service}.db'}"
 
     def _env(self, service: str) -> dict[str, str]:
-        assert self.broker is not None and self.triton is not None
+        assert self.broker is not None
         p = f"LMFORGE_{service.upper()}_"
         env = dict(os.environ)
         env.update(
@@ -88,13 +96,15 @@ class Stack:
         if service == "trainer":
             env[f"{p}WORK_DIR"] = str(self.workdir / "trainer-work")
         if service == "inference":
+            assert self.triton is not None
             env[f"{p}TRITON_URL"] = self.triton.http_url
             env[f"{p}MODEL_REPOSITORY"] = str(self.triton.model_repository)
-            env[f"{p}REGISTRY_URL"] = self.url("registry")
+            if "registry" in self.services:
+                env[f"{p}REGISTRY_URL"] = self.url("registry")
             env[f"{p}RECONCILE_INTERVAL_S"] = "10"
         if service == "gateway":
             env[f"{p}BOOTSTRAP_ADMIN_KEY"] = self.admin_key
-            for other in SERVICES:
+            for other in self.services:
                 if other != "gateway":
                     env[f"{p}{other.upper()}_URL"] = self.url(other)
         env.update(self.extra_env)
@@ -108,11 +118,12 @@ class Stack:
             if self.postgres:
                 self.pg = PostgresCluster(self.workdir / "postgres")
                 self.pg.start()
-            self.triton = TritonServer(
-                self.workdir / "triton-server", self.workdir / "triton-models", otlp_endpoint=self.otlp_endpoint
-            )
-            self.triton.start()
-            for name in SERVICES:
+            if "inference" in self.services:
+                self.triton = TritonServer(
+                    self.workdir / "triton-server", self.workdir / "triton-models", otlp_endpoint=self.otlp_endpoint
+                )
+                self.triton.start()
+            for name in self.services:
                 self.start_service(name)
             self.wait_ready(timeout_s)
         except BaseException:
@@ -140,9 +151,16 @@ class Stack:
             kill_process_group(svc.proc, grace=15)
             svc.proc = None
 
-    def wait_ready(self, timeout_s: float = 180.0, names: tuple[str, ...] = SERVICES) -> None:
+    def kill_service(self, name: str) -> None:
+        """``kill -9`` a service: no drain, no commit, no clean-up (a crash, as chaos tests want)."""
+        svc = self.services[name]
+        if svc.proc is not None:
+            kill_process_group(svc.proc, grace=0, sig=signal.SIGKILL)
+            svc.proc = None
+
+    def wait_ready(self, timeout_s: float = 180.0, names: tuple[str, ...] | None = None) -> None:
         deadline = time.monotonic() + timeout_s
-        pending = list(names)
+        pending = list(names if names is not None else self.services)
         while pending:
             for name in list(pending):
                 svc = self.services[name]
@@ -162,7 +180,7 @@ class Stack:
             time.sleep(0.3)
 
     def stop(self) -> None:
-        for name in reversed(SERVICES):
+        for name in reversed(list(self.services)):
             self.stop_service(name)
         for server in (self.triton, self.pg, self.broker):
             if server is not None:

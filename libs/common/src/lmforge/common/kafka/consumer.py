@@ -31,7 +31,6 @@ import asyncio
 import hashlib
 import signal
 import time
-import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,6 +45,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from .. import metrics
 from ..artifacts import ArtifactStore
 from ..events import Event, EventPayload, InvalidEvent, dead_letter_topic, decode_event
+from ..redaction import describe_error, format_exception_safely
 from ..settings import KafkaSettings
 from ..telemetry import extract_context, get_logger, tracer
 from .admin import ensure_topics
@@ -380,10 +380,14 @@ class ConsumerRunner:
         if not owned:
             return
         try:
-            await consumer.commit(owned)
-        except (CommitFailedError, KafkaError) as exc:
-            # The group moved on; these records will be redelivered and the inbox absorbs them.
-            log.warning("commit failed, records will be redelivered", group=self.group_id, error=str(exc))
+            # Bounded: aiokafka retries some commit errors for ever (a topic that vanished), and a
+            # worker must never hang on its commit.
+            async with asyncio.timeout(self.settings.request_timeout_ms / 1000):
+                await consumer.commit(owned)
+        except (CommitFailedError, KafkaError, TimeoutError) as exc:
+            # The group moved on, or the broker is away: these records will be redelivered, and
+            # the inbox absorbs them.
+            log.warning("commit failed, records will be redelivered", group=self.group_id, error=repr(exc))
 
     async def _drain_for_revoke(self, revoked: set[TopicPartition]) -> None:
         """Called by aiokafka before partitions move: let their workers stop and commit."""
@@ -460,7 +464,14 @@ class ConsumerRunner:
         attempt = 1
         while True:
             m.failed.inc()
-            span.record_exception(error)
+            # The SDK's default message and stack trace are str(error): they may quote the record.
+            span.record_exception(
+                error,
+                attributes={
+                    "exception.message": describe_error(error),
+                    "exception.stacktrace": format_exception_safely(error),
+                },
+            )
             if isinstance(error, InvalidEvent) or attempt >= s.max_attempts:
                 return await self._dead_letter(msg, error, attempt, span)
             delay = min(s.retry_backoff_initial_s * 2 ** (attempt - 1), s.retry_backoff_max_s)
@@ -472,7 +483,7 @@ class ConsumerRunner:
                 offset=msg.offset,
                 attempt=attempt,
                 delay_s=delay,
-                error=repr(error),
+                error=describe_error(error),
             )
             await asyncio.sleep(delay)
             attempt += 1
@@ -489,12 +500,13 @@ class ConsumerRunner:
         runner was stopped (or the partition revoked) first, so the record is redelivered."""
         assert self._producer is not None
         dlq = dead_letter_topic(msg.topic)
-        error = f"{type(exc).__name__}: {exc}"
+        # Never the record's text: a validation error names fields, SQL errors hide their parameters.
+        error = describe_error(exc)
         dlq_headers = [
             (DLQ_ORIGINAL_TOPIC, msg.topic.encode()),
             (DLQ_ORIGINAL_PARTITION, str(msg.partition).encode()),
             (DLQ_ORIGINAL_OFFSET, str(msg.offset).encode()),
-            (DLQ_ERROR, error[:4000].encode()),
+            (DLQ_ERROR, error.encode()),
             (DLQ_ERROR_TYPE, type(exc).__name__.encode()),
             (DLQ_ATTEMPTS, str(attempts).encode()),
             (DLQ_CONSUMER_GROUP, self.group_id.encode()),
@@ -510,7 +522,7 @@ class ConsumerRunner:
             offset=msg.offset,
             attempts=attempts,
             error=error,
-            stack="".join(traceback.format_exception(exc)[-3:]),
+            stack=format_exception_safely(exc, limit=2_000),
         )
         value, value_headers = await self._dead_letter_value(msg)
         full = (value, [*msg.headers, *dlq_headers, *value_headers])

@@ -138,12 +138,20 @@ class EventProducer:
         with tracer().start_as_current_span(f"{topic} publish", kind=SpanKind.PRODUCER, attributes=attributes) as span:
             trace_headers = inject_context([])
             try:
-                futures = []
-                for (key, _), event in zip(items, events, strict=True):
-                    value, headers = event.to_kafka()
-                    headers.extend(trace_headers)
-                    futures.append(await producer.send(topic, value=value, key=key.encode(), headers=headers))
-                results = await asyncio.gather(*futures, return_exceptions=True)
+                async with asyncio.timeout(self.settings.publish_timeout_s):
+                    futures = []
+                    for (key, _), event in zip(items, events, strict=True):
+                        value, headers = event.to_kafka()
+                        headers.extend(trace_headers)
+                        futures.append(await producer.send(topic, value=value, key=key.encode(), headers=headers))
+                    results = await asyncio.gather(*futures, return_exceptions=True)
+            except TimeoutError as exc:
+                metrics.producer_errors.labels(topic).inc(len(events))
+                span.set_status(StatusCode.ERROR, "no ack in time")
+                raise BrokerUnavailable(
+                    f"the broker did not acknowledge {len(events)} writes to {topic} within "
+                    f"{self.settings.publish_timeout_s:.0f}s"
+                ) from exc
             except KafkaError as exc:
                 metrics.producer_errors.labels(topic).inc()
                 span.set_status(StatusCode.ERROR, str(exc))
