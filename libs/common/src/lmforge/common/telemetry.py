@@ -5,6 +5,9 @@
   exporting nothing otherwise.
 - Logs: structlog JSON lines on stdout, each carrying the current ``trace_id`` and ``span_id``.
   The standard library's loggers (uvicorn, aiokafka, sqlalchemy) go through the same renderer.
+  Every line, ours or a library's, passes ``redact_log_fields`` last: fields that carry user
+  text are hashed, other strings scrubbed and cut; tracebacks are rendered by
+  ``format_exception_safely`` (safe messages, never local variables). See ``lmforge.common.redaction``.
 - Kafka headers: ``inject_context`` / ``extract_context`` move W3C trace context in and out of a
   Kafka header list.
 """
@@ -24,6 +27,9 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from structlog.typing import ExcInfo
+
+from .redaction import format_exception_safely, redact_log_fields
 
 TRACER_NAME = "lmforge"
 
@@ -69,8 +75,16 @@ def _add_trace_ids(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Mut
     return event_dict
 
 
+def _render_exception(exc_info: ExcInfo) -> str:
+    """For ``ExceptionRenderer``: plain frames, safe messages, no locals (unlike rich tracebacks)."""
+    return format_exception_safely(exc_info[1])
+
+
 def setup_logging(service_name: str, level: str = "INFO") -> None:
-    """structlog JSON to stdout, with ``service``, ``trace_id`` and ``span_id`` on every line."""
+    """structlog JSON to stdout, with ``service``, ``trace_id`` and ``span_id`` on every line.
+
+    No record text: ``redact_log_fields`` runs on every line just before it is rendered.
+    """
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -88,7 +102,8 @@ def setup_logging(service_name: str, level: str = "INFO") -> None:
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
+            structlog.processors.ExceptionRenderer(_render_exception),
+            redact_log_fields,
             structlog.processors.JSONRenderer(),
         ],
     )

@@ -29,6 +29,7 @@ from lmforge.common.events import (
     Topic,
     TrainingStatusV1,
 )
+from lmforge.common.redaction import describe_error
 from lmforge.common.telemetry import extract_context, get_logger, tracer
 
 from .models import outbox, training_jobs
@@ -183,8 +184,14 @@ class JobExecutor:
     async def _end_without_model(self, job: Any, span: trace.Span, exc: Exception) -> None:
         """Mark a job failed (or cancelled) and report it; the executor goes on with the next job."""
         state = JobState.CANCELLED if isinstance(exc, JobCancelled) else JobState.FAILED
-        span.set_status(trace.StatusCode.ERROR, str(exc)[:200])
-        log.error("training job ended without a model", job_id=job.job_id, state=state, error=str(exc)[-2000:])
+        # The job's error keeps the process's stderr tail for its owner (job status); logs and spans
+        # get the exit code only, and the stderr as a fingerprint: a traceback can quote dataset text.
+        if isinstance(exc, TrainingProcessFailed):
+            summary, stderr = f"{type(exc).__name__}: training process exited with {exc.code}", exc.stderr_tail
+        else:
+            summary, stderr = describe_error(exc), None
+        span.set_status(trace.StatusCode.ERROR, summary[:200])
+        log.error("training job ended without a model", job_id=job.job_id, state=state, error=summary, stderr=stderr)
         async with self.db.sessions.begin() as session:
             await self._set(session, job.job_id, state=state, error=str(exc)[-4000:])
             await self._status(session, job, state, error=str(exc)[-1000:])
@@ -257,9 +264,18 @@ class JobExecutor:
             if code < 0:
                 raise JobCancelled(f"training process killed by signal {-code}")
             if code != 0:
-                raise RuntimeError(f"training process exited with {code}: {stderr.strip()[-1500:]}")
+                raise TrainingProcessFailed(code, stderr.strip()[-1500:])
             return json.loads(await asyncio.to_thread(result_path.read_text))  # type: ignore[no-any-return]
 
 
 class JobCancelled(RuntimeError):
     pass
+
+
+class TrainingProcessFailed(RuntimeError):
+    """The training process exited non-zero; ``stderr_tail`` may quote dataset text."""
+
+    def __init__(self, code: int, stderr_tail: str) -> None:
+        super().__init__(f"training process exited with {code}: {stderr_tail}")
+        self.code = code
+        self.stderr_tail = stderr_tail

@@ -14,9 +14,13 @@ from ..settings import DatabaseSettings
 
 
 def create_engine(url: str, *, echo: bool = False, pool_size: int = 5) -> AsyncEngine:
-    """An async engine. SQLite gets WAL, a busy timeout and its parent folder created."""
+    """An async engine. SQLite gets WAL, a busy timeout and its parent folder created.
+
+    ``hide_parameters``: a failing statement's parameters (record text, among others) are never
+    formatted into the exception's message, nor into SQLAlchemy's own log lines with ``echo``.
+    """
     parsed = make_url(url)
-    kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": True}
+    kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": True, "hide_parameters": True}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,8 @@ from typing import Generic, TypeVar
 
 from pydantic import ValidationError
 
+# Re-exported: the field/reason form (never the input) for 4xx messages and dead-letter reasons.
+from ..redaction import describe_validation_error as describe_validation_error
 from .payloads import PAYLOADS_BY_TYPE, EventPayload
 
 P = TypeVar("P", bound=EventPayload)
@@ -101,12 +103,3 @@ def decode_event(
         time=time,
         subject=h.get("ce_subject"),
     )
-
-
-def describe_validation_error(exc: ValidationError, limit: int = 3) -> str:
-    """The first few errors as ``field.path: message``, for a 4xx or a dead letter's reason."""
-    parts = []
-    for err in exc.errors()[:limit]:
-        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-        parts.append(f"{loc}: {err['msg']}")
-    return "; ".join(parts)
