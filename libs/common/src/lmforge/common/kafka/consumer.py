@@ -6,9 +6,10 @@ Guarantees (ARCHITECTURE.md, "Delivery semantics"):
   handler's side effects are durable before the offset moves. A crash before the commit means
   redelivery; handlers make that harmless with the inbox (``lmforge.common.db.Inbox``).
 - **Per-partition order, partitions independent.** Records of one partition are handled one
-  after another by that partition's worker; the partition is paused while its worker runs, and
-  the poll loop goes on fetching for the others. A slow or stuck partition never holds the rest;
-  each partition commits on its own as its worker finishes.
+  after another by that partition's worker, fed from the partition's queue; the poll loop never
+  waits on a handler, and fetching goes on while workers run. A partition whose worker falls
+  ``max_batch_size`` records behind is paused until it catches up, so a slow or stuck partition
+  holds a bounded number of records and never the rest. Each worker commits after each chunk.
 - **Poison messages never block.** A handler error is retried with exponential backoff up to
   ``max_attempts``; then the record goes to ``<topic>.dlq`` with headers naming the original
   topic, partition, offset, the error and the attempt count, and the partition moves on.
@@ -199,8 +200,10 @@ class ConsumerRunner:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._bound_metrics: dict[str, _TopicMetrics] = {}
-        # One worker per partition with records in hand; the partition is paused while it runs.
+        # One worker per partition with records in hand, fed from that partition's queue; a
+        # partition is paused only while its queue is full.
         self._workers: dict[TopicPartition, asyncio.Task[None]] = {}
+        self._pending: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = {}
         self._revoking: set[TopicPartition] = set()
         self._worker_error: BaseException | None = None
         # Per partition: when a record was last finished, and what was last known to wait.
@@ -325,45 +328,65 @@ class ConsumerRunner:
         return self._stopping.is_set() or tp in self._revoking
 
     def _start_worker(self, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]) -> None:
-        consumer = self._require()
-        if tp in self._workers:  # cannot happen while paused; never run two workers on one partition
-            consumer.seek(tp, records[0].offset)
-            return
-        consumer.pause(tp)
-        self._last_progress.setdefault(tp, time.monotonic())
-        self._workers[tp] = asyncio.create_task(
-            self._work(tp, records), name=f"consumer:{self.group_id}:{tp.topic}[{tp.partition}]"
-        )
+        """Queue fetched records for the partition's worker (starting one if it has none).
 
-    async def _work(self, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]) -> None:
-        """Handle one partition's fetched records in order, commit what was finished, resume."""
+        Fetching goes on while the worker handles what it has (no round trip lost per batch); a
+        partition whose worker falls ``max_batch_size`` records behind is paused, so a stuck
+        partition holds a bounded number of records and no other partition.
+        """
         consumer = self._require()
-        next_offset = records[0].offset
+        pending = self._pending.setdefault(tp, [])
+        pending.extend(records)
+        self._last_progress.setdefault(tp, time.monotonic())
+        if len(pending) >= self.settings.max_batch_size:
+            consumer.pause(tp)
+        if tp not in self._workers:
+            self._workers[tp] = asyncio.create_task(
+                self._work(tp), name=f"consumer:{self.group_id}:{tp.topic}[{tp.partition}]"
+            )
+
+    async def _work(self, tp: TopicPartition) -> None:
+        """Handle the partition's queued records in order, committing after each chunk; exit when
+        none are left. On a halt (stop, revoke) or a failure, drop what was queued and rewind to
+        the first record not handled, so it is fetched again (by this member or the next owner)."""
+        consumer = self._require()
         try:
-            for run in _runs_by_trace(records):
-                if self._should_halt(tp):
-                    break
-                handled = await self._process_run(tp, run)
-                if handled:
-                    next_offset = run[handled - 1].offset + 1
-                if handled < len(run):
-                    break
-        except Exception as exc:  # a runner bug: surfaced by run(), restarted by the supervisor
-            log.exception("partition worker failed", group=self.group_id, partition=f"{tp.topic}[{tp.partition}]")
-            self._worker_error = exc
-        finally:
-            try:
+            while True:
+                records = self._pending.pop(tp, [])
+                if not records:
+                    return
+                if tp in consumer.paused():
+                    consumer.resume(tp)
+                next_offset = records[0].offset
+                finished = False
+                try:
+                    for run in _runs_by_trace(records):
+                        if self._should_halt(tp):
+                            break
+                        handled = await self._process_run(tp, run)
+                        if handled:
+                            next_offset = run[handled - 1].offset + 1
+                        if handled < len(run):
+                            break
+                    else:
+                        finished = True
+                except Exception as exc:  # a runner bug: surfaced by run(), restarted by the supervisor
+                    log.exception(
+                        "partition worker failed", group=self.group_id, partition=f"{tp.topic}[{tp.partition}]"
+                    )
+                    self._worker_error = exc
                 if next_offset > records[0].offset:
                     await self._commit({tp: next_offset})
-                if tp in consumer.assignment():
-                    # Records fetched but not handled (stop, revoke, failure) are fetched again, by
-                    # this member or by the partition's next owner (which starts at the commit).
-                    if next_offset <= records[-1].offset:
-                        consumer.seek(tp, next_offset)
-                    consumer.resume(tp)
                 self._update_lag(tp, next_offset)
-            finally:
-                self._workers.pop(tp, None)
+                if not finished:
+                    self._pending.pop(tp, None)
+                    if tp in consumer.assignment():
+                        consumer.seek(tp, next_offset)
+                        if tp in consumer.paused():
+                            consumer.resume(tp)
+                    return
+        finally:
+            self._workers.pop(tp, None)
 
     async def _drain(self, partitions: set[TopicPartition]) -> None:
         """Let the workers of ``partitions`` stop after the record in hand and commit."""
@@ -400,6 +423,7 @@ class ConsumerRunner:
                 self._last_progress.pop(tp, None)
                 self._lag.pop(tp, None)
                 self._next_offset.pop(tp, None)
+                self._pending.pop(tp, None)
         log.info("partitions revoked", group=self.group_id, partitions=_fmt(revoked))
 
     def stalled(self, timeout_s: float) -> bool:
