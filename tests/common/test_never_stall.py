@@ -13,9 +13,11 @@ import asyncio
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
+from aiokafka.structs import ConsumerRecord
 
 from lmforge.common.artifacts import ArtifactStore
 from lmforge.common.events import InvalidEvent, dead_letter_topic
@@ -54,6 +56,30 @@ def _json_handler(seen: list[str]):  # type: ignore[no-untyped-def]
         seen.append(json.loads(msg.value)["id"])
 
     return handler
+
+
+async def _dead_letter_of_big_record(
+    settings: KafkaSettings, topic: str, big: bytes, artifacts: ArtifactStore | None = None
+) -> ConsumerRecord[Any, Any]:
+    """Run a runner over [big, next] on one partition; return the one dead letter, once ``next``
+    (the record after the poison) was handled."""
+    await ensure_topics(settings, [topic, dead_letter_topic(topic)])
+    seen: list[str] = []
+    runner = ConsumerRunner(
+        settings, group_id=f"g-{topic}", topics=[topic], handler=_json_handler(seen), artifacts=artifacts
+    )
+    await runner.start()
+    task = runner.run_in_background()
+    try:
+        await _produce(settings.bootstrap_servers, topic, [(0, big), (0, b'{"id": "next"}')])
+        await wait_until(lambda: _has(seen, 1))
+    finally:
+        runner.request_stop()
+        await task
+        await runner.stop()
+    assert seen == ["next"], "the record after the poison was handled"
+    (letter,) = await read_topic(settings.bootstrap_servers, dead_letter_topic(topic), 1)
+    return letter
 
 
 async def test_oversized_dead_letter_goes_to_the_artifact_store_and_later_records_arrive(
@@ -95,22 +121,8 @@ async def test_oversized_dead_letter_goes_to_the_artifact_store_and_later_record
 async def test_oversized_dead_letter_without_a_store_is_cut_and_says_so(
     kafka_settings: KafkaSettings, unique: str
 ) -> None:
-    topic, group = f"bigcut-{unique}", f"g-{unique}"
-    await ensure_topics(kafka_settings, [topic, dead_letter_topic(topic)])
-    seen: list[str] = []
-    runner = ConsumerRunner(kafka_settings, group_id=group, topics=[topic], handler=_json_handler(seen))
-    await runner.start()
-    task = runner.run_in_background()
     big = json.dumps({"id": "big", "text": "y" * BIG}).encode()
-    try:
-        await _produce(kafka_settings.bootstrap_servers, topic, [(0, big), (0, b'{"id": "next"}')])
-        await wait_until(lambda: _has(seen, 1))
-    finally:
-        runner.request_stop()
-        await task
-        await runner.stop()
-    assert seen == ["next"]
-    (letter,) = await read_topic(kafka_settings.bootstrap_servers, dead_letter_topic(topic), 1)
+    letter = await _dead_letter_of_big_record(kafka_settings, f"bigcut-{unique}", big)
     headers = {k: v.decode() for k, v in letter.headers}
     assert headers[DLQ_VALUE_TRUNCATED] == "true"
     assert int(headers[DLQ_VALUE_BYTES]) == len(big)
@@ -122,23 +134,9 @@ async def test_a_refused_dead_letter_is_not_retried_as_is_but_sent_without_its_v
 ) -> None:
     """With the size guard set above the producer's limit, the full letter is refused for good
     (MessageSizeTooLargeError): the runner falls back at once to a letter without the value."""
-    topic, group = f"refused-{unique}", f"g-{unique}"
-    await ensure_topics(kafka_settings, [topic, dead_letter_topic(topic)])
     settings = kafka_settings.model_copy(update={"dead_letter_max_value_bytes": 64 * 1024 * 1024})
-    seen: list[str] = []
-    runner = ConsumerRunner(settings, group_id=group, topics=[topic], handler=_json_handler(seen))
-    await runner.start()
-    task = runner.run_in_background()
     big = json.dumps({"id": "big", "text": "z" * BIG}).encode()
-    try:
-        await _produce(kafka_settings.bootstrap_servers, topic, [(0, big), (0, b'{"id": "next"}')])
-        await wait_until(lambda: _has(seen, 1))
-    finally:
-        runner.request_stop()
-        await task
-        await runner.stop()
-    assert seen == ["next"]
-    (letter,) = await read_topic(kafka_settings.bootstrap_servers, dead_letter_topic(topic), 1)
+    letter = await _dead_letter_of_big_record(settings, f"refused-{unique}", big)
     headers = {k: v.decode() for k, v in letter.headers}
     assert letter.value == b""
     assert headers[DLQ_VALUE_OMITTED] == "true" and int(headers[DLQ_VALUE_BYTES]) == len(big)

@@ -4,36 +4,17 @@ looking at the inference service's own machine. Checked against the real (CPU-on
 from __future__ import annotations
 
 import asyncio
-import tempfile
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from lmforge.common.artifacts import ArtifactStore
 from lmforge.devstack.servers import TritonServer
 from lmforge.inference.settings import InferenceSettings
 from lmforge.inference.triton import TritonModels, TritonRejected, config_pbtxt
-from lmforge.trainer.train import build_tokenizer
 
-
-def tiny_model(store: ArtifactStore, key: str) -> str:
-    tok = build_tokenizer(["Customer: hello Agent: hi there"] * 20, vocab_size=300)
-    config = GPT2Config(
-        vocab_size=len(tok),
-        n_positions=32,
-        n_embd=16,
-        n_layer=1,
-        n_head=2,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        GPT2LMHeadModel(config).save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        return store.put_dir(Path(tmp), key)
+from .test_reconcile import save_tiny_model
 
 
 @pytest.mark.parametrize(("setting", "kind"), [("auto", "KIND_AUTO"), ("cpu", "KIND_CPU"), ("gpu", "KIND_GPU")])
@@ -51,7 +32,7 @@ def test_unknown_instance_kinds_are_refused() -> None:
 async def test_explicit_kinds_reach_triton_unchanged(triton: TritonServer, tmp_path: Path, unique: str) -> None:
     """cpu loads on the CPU; gpu is passed through as asked, and this GPU-less Triton refuses it."""
     store = ArtifactStore(str(tmp_path / "artifacts"))
-    uri = tiny_model(store, "models/m/run-1")
+    uri = save_tiny_model(store, "models/m/run-1")
 
     def models(kind: str) -> TritonModels:
         settings = InferenceSettings(

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import metrics
+from .redaction import describe_error
 from .telemetry import get_logger
 
 log = get_logger(__name__)
@@ -131,7 +132,7 @@ class Supervisor:
                 up_metric.set(0)
                 raise
             except Exception as exc:  # the point of a supervisor: log, count, restart
-                loop.last_error = f"{type(exc).__name__}: {exc}"[:500]
+                loop.last_error = describe_error(exc, limit=500)
                 log.exception("supervised loop failed; restarting", loop=loop.name, retry_in_s=delay)
             else:
                 if self._stopping:

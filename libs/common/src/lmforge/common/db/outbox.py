@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from .. import metrics
 from ..events import Event, EventPayload
 from ..kafka.producer import EventProducer
+from ..redaction import describe_error
 from ..supervisor import Progress
 from ..telemetry import extract_context, get_logger, inject_context, tracer
 
@@ -165,9 +166,7 @@ class OutboxRelay:
                 count = await self.publish_pending()
             except Exception as exc:  # noqa: BLE001 - any failed pass is retried; the rows are still there
                 metrics.outbox_relay_errors.inc()
-                log.warning(
-                    "outbox relay pass failed, will retry", error=f"{type(exc).__name__}: {exc}", retry_in_s=backoff
-                )
+                log.warning("outbox relay pass failed, will retry", error=describe_error(exc), retry_in_s=backoff)
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
