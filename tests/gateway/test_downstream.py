@@ -51,3 +51,26 @@ async def test_downstream_4xx_passes_through() -> None:
     with pytest.raises(PassThrough) as err:
         await down.json("registry", "GET", "/models/x/versions/9")
     assert err.value.response().status_code == 404
+
+
+async def test_downstream_failures_tell_the_client_nothing_internal() -> None:
+    """A service's own 5xx text (paths, hosts) stays in the log; the client gets its code only."""
+    leak = {"error": {"code": "triton_error", "message": "load failed: /var/lib/triton/m-v1 at 10.0.0.7:8001"}}
+    down = downstream_with(httpx.MockTransport(lambda r: httpx.Response(502, json=leak)))
+    with pytest.raises(HTTPException) as err:
+        await down.call("registry", "GET", "/models")
+    assert err.value.status_code == 502
+    assert err.value.detail == {
+        "code": "upstream_error",
+        "message": "a platform service failed",
+        "reason": "triton_error",
+    }
+
+
+async def test_a_downstream_4xx_without_the_error_shape_gets_it() -> None:
+    down = downstream_with(httpx.MockTransport(lambda r: httpx.Response(404, text="<html>nope</html>")))
+    with pytest.raises(PassThrough) as err:
+        await down.json("registry", "GET", "/models/x/versions/9")
+    resp = err.value.response()
+    assert resp.status_code == 404
+    assert b'"code":"upstream_rejected"' in resp.body and b"html" not in resp.body

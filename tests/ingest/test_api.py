@@ -85,6 +85,70 @@ async def test_bad_input_gets_a_clear_4xx(client: httpx.AsyncClient) -> None:
     assert r.status_code == 422
 
 
+async def test_a_body_that_cannot_be_read_is_a_clear_4xx(client: httpx.AsyncClient) -> None:
+    """Not UTF-8, not standard JSON, nested without end, a nonsense length: a 4xx naming why."""
+    for ctype in ("application/json", "application/x-ndjson"):
+        r = await client.post("/records", content=b'{"source": "crm", "text": "\xff"}', headers={"content-type": ctype})
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["message"] == "body is not valid UTF-8 (byte 27: invalid start byte)"
+    r = await client.post("/records", files={"file": ("t.jsonl", b"\xfe\xff")})
+    assert r.status_code == 422 and "not valid UTF-8" in r.json()["error"]["message"]
+    nan = b'{"source": "crm", "source_id": "1", "text": "x", "metadata": {"a": NaN}}'
+    r = await client.post("/records", content=nan, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"]["message"] == "body is not JSON (NaN is not JSON)"
+    r = await client.post("/records", content=b"[" * 2000 + b"]" * 2000, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"]["message"] == "body is nested too deeply"
+    garbage_length = {"content-type": "application/json", "content-length": "x"}
+    r = await client.post("/records", content=b"[]", headers=garbage_length)
+    assert r.status_code == 400 and r.json()["error"]["message"] == "Content-Length is not a number"
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({"source": "CRM"}, "source: String should match pattern"),
+        ({"source": "crm/../x"}, "source: String should match pattern"),
+        ({"source_id": "   "}, "source_id: String should match pattern"),
+        ({"text": "\t\n "}, "text: String should match pattern"),
+        ({"text": "a\x00b"}, "text: String should match pattern"),
+        ({"label": "a\x00"}, "label: String should match pattern"),
+        ({"metadata": {"k": "v\x00"}}, "metadata: Value error, metadata.k: NUL character"),
+        ({"metadata": {"k": {"a": {"b": 1}}}}, "metadata: Value error, metadata.k.a: nested deeper than one list"),
+        ({"metadata": {"k": 1e400}}, "metadata: Value error, metadata.k: not a finite number"),
+    ],
+)
+async def test_records_every_store_can_take(client: httpx.AsyncClient, record: dict[str, object], message: str) -> None:
+    """The one name pattern for sources; no blank ids or texts; no NUL (PostgreSQL refuses it)."""
+    body = json.dumps(rec(1) | record).replace("Infinity", "1e400")
+    r = await client.post("/records", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["message"].startswith(message), r.json()
+
+
+async def test_whitespace_is_kept_as_sent(client: httpx.AsyncClient) -> None:
+    r = await client.post("/records", json={"source": "crm", "source_id": " T-1 ", "text": " hello "})
+    assert r.status_code == 202 and r.json()["records"][0]["record_id"] == "crm: T-1 "
+
+
+async def test_openapi_declares_the_record_schema_for_every_format(client: httpx.AsyncClient) -> None:
+    op = (await client.get("/openapi.json")).json()["paths"]["/records"]["post"]
+    content = op["requestBody"]["content"]
+    record = content["application/json"]["schema"]["anyOf"][0]
+    assert record["required"] == ["source", "source_id", "text"] and record["additionalProperties"] is False
+    assert content["application/json"]["schema"]["anyOf"][1] == {
+        "type": "array",
+        "items": record,
+        "minItems": 1,
+        "maxItems": 1000,
+    }
+    assert content["application/x-ndjson"]["schema"]["items"] == record
+    assert content["multipart/form-data"]["encoding"] == {"file": {"contentType": "application/jsonl"}}
+    assert {"202", "400", "413", "415", "422", "503"} <= set(op["responses"])
+    assert op["responses"]["422"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorResponse"
+    }
+
+
 async def test_broker_outage_answers_503_and_loses_nothing(
     kafka_settings: KafkaSettings, tmp_path: Path, unique: str
 ) -> None:

@@ -1,4 +1,9 @@
-"""The public API, ``/v1``: every route names the scope it needs."""
+"""The public API, ``/v1``: every route names the scope it needs, its answer and its errors.
+
+Order of checks on every route: the API key (401), its scope (403), then the request (422), then
+the work. Internal URLs are built with ``url_path`` from quoted segments, and what comes back
+from a service is validated into a public model (``schemas``), which leaves internal fields out.
+"""
 
 from __future__ import annotations
 
@@ -6,27 +11,60 @@ import time
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Body, Depends, HTTPException, Request
 
-from lmforge.common.events import Hyperparameters, Topic, TrainingRequestedV1
-from lmforge.common.http import payload_too_large
+from lmforge.common.events import Topic, TrainingRequestedV1
+from lmforge.common.http import error_responses, payload_too_large, public_text, upstream_records_body
 from lmforge.common.kafka import EventProducer
+from lmforge.common.names import AliasName, DatasetName, JobId, ModelName, VersionNumber, url_path
 
-from .auth import Principal, Scope, create_key, require
+from .auth import AuthenticatedRoute, Principal, Scope, create_key, require
 from .downstream import Downstream
+from .schemas import (
+    AliasMoved,
+    AliasRequest,
+    ApiKeyCreated,
+    ApiKeyRequest,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    DatasetManifest,
+    DatasetVersion,
+    DatasetVersionRequest,
+    IngestResponse,
+    Lineage,
+    Model,
+    PipelineStats,
+    ServedBy,
+    TrainingJob,
+    TrainingJobAccepted,
+    TrainingJobCancelled,
+    TrainingJobRequest,
+    Usage,
+)
 
-router = APIRouter(prefix="/v1")
+# Every /v1 route: the key (401), its scope (403), a malformed request (422), too many requests (429).
+router = APIRouter(prefix="/v1", route_class=AuthenticatedRoute, responses=error_responses(401, 403, 422, 429))
+# Routes that call a service behind the gateway may also answer these.
+DOWNSTREAM = error_responses(502, 503, 504)
 
 
 def _downstream(request: Request) -> Downstream:
     return request.app.state.downstream  # type: ignore[no-any-return]
 
 
-@router.post("/records", status_code=202)
-async def post_records(request: Request, _: Annotated[Principal, Depends(require(Scope.RECORDS_WRITE))]) -> Response:
-    """One record, a JSON array, JSONL, or a multipart JSONL upload; forwarded to ingest as is."""
+@router.post(
+    "/records",
+    status_code=202,
+    response_model=IngestResponse,
+    responses=error_responses(400, 413, 415) | DOWNSTREAM,
+    openapi_extra=upstream_records_body(),
+)
+async def post_records(request: Request, _: Annotated[Principal, Depends(require(Scope.RECORDS_WRITE))]) -> Any:
+    """One record, a JSON array, JSONL, or a multipart JSONL upload; validated and stored by ingest.
+
+    ``202`` once the broker acknowledged every record. The body is passed to ingest as it came.
+    """
     limit = request.app.state.settings.max_request_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
@@ -37,52 +75,62 @@ async def post_records(request: Request, _: Annotated[Principal, Depends(require
         if len(body) > limit:
             raise payload_too_large(f"request body over {limit} bytes")
     headers = {"content-type": request.headers.get("content-type", "application/json")}
-    return await _downstream(request).forward("ingest", "POST", "/records", content=bytes(body), headers=headers)
+    return await _downstream(request).json("ingest", "POST", url_path("records"), content=bytes(body), headers=headers)
 
 
-class DatasetVersionRequest(BaseModel):
-    sources: list[str] | None = None
-
-
-@router.post("/datasets/{name}/versions", status_code=201)
+@router.post(
+    "/datasets/{name}/versions",
+    status_code=201,
+    response_model=DatasetVersion,
+    responses=error_responses(404, 409) | DOWNSTREAM,
+)
 async def create_dataset_version(
     request: Request,
-    name: str,
+    name: DatasetName,
     _: Annotated[Principal, Depends(require(Scope.DATASETS_WRITE))],
-    body: DatasetVersionRequest | None = None,
-) -> Response:
-    return await _downstream(request).forward(
-        "preprocess", "POST", f"/datasets/{name}/versions", json=(body or DatasetVersionRequest()).model_dump()
+    body: Annotated[DatasetVersionRequest | None, Body()] = None,
+) -> Any:
+    """Cut an immutable dataset version from the cleaned records (``409`` if there are none)."""
+    return await _downstream(request).json(
+        "preprocess",
+        "POST",
+        url_path("datasets", name, "versions"),
+        json=(body or DatasetVersionRequest()).model_dump(),
     )
 
 
-@router.get("/datasets/{name}/versions/{version}")
+@router.get(
+    "/datasets/{name}/versions/{version}",
+    response_model=DatasetManifest,
+    responses=error_responses(404) | DOWNSTREAM,
+)
 async def get_dataset_version(
-    request: Request, name: str, version: int, _: Annotated[Principal, Depends(require(Scope.DATASETS_READ))]
-) -> Response:
-    return await _downstream(request).forward("preprocess", "GET", f"/datasets/{name}/versions/{version}")
+    request: Request,
+    name: DatasetName,
+    version: VersionNumber,
+    _: Annotated[Principal, Depends(require(Scope.DATASETS_READ))],
+) -> Any:
+    """The manifest: record ids and content hashes, split counts, config hash, source offsets."""
+    return await _downstream(request).json("preprocess", "GET", url_path("datasets", name, "versions", version))
 
 
-@router.get("/pipeline/stats")
-async def pipeline_stats(request: Request, _: Annotated[Principal, Depends(require(Scope.DATASETS_READ))]) -> Response:
+@router.get("/pipeline/stats", response_model=PipelineStats, responses=DOWNSTREAM)
+async def pipeline_stats(request: Request, _: Annotated[Principal, Depends(require(Scope.DATASETS_READ))]) -> Any:
     """How many records preprocess has cleaned, and dropped (duplicates, empty after cleaning)."""
-    return await _downstream(request).forward("preprocess", "GET", "/stats")
+    return await _downstream(request).json("preprocess", "GET", url_path("stats"))
 
 
-class TrainingJobRequest(BaseModel):
-    model_name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,99}$")
-    dataset: str
-    dataset_version: int = Field(ge=1)
-    base_model: str = "builtin:tiny-gpt2"
-    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
-
-
-@router.post("/training-jobs", status_code=202)
+@router.post(
+    "/training-jobs",
+    status_code=202,
+    response_model=TrainingJobAccepted,
+    responses=error_responses(404) | DOWNSTREAM,
+)
 async def create_training_job(
     request: Request, body: TrainingJobRequest, who: Annotated[Principal, Depends(require(Scope.TRAINING_WRITE))]
-) -> dict[str, Any]:
-    """Check the dataset version exists, then publish the request; 202 after the broker's ack."""
-    versions = await _downstream(request).json("preprocess", "GET", f"/datasets/{body.dataset}/versions")
+) -> TrainingJobAccepted:
+    """Check the dataset version exists, then publish the request; ``202`` after the broker's ack."""
+    versions = await _downstream(request).json("preprocess", "GET", url_path("datasets", body.dataset, "versions"))
     match = next((v for v in versions if v["version"] == body.dataset_version), None)
     if match is None:
         raise HTTPException(
@@ -108,86 +156,100 @@ async def create_training_job(
         ),
         key=body.model_name,
     )
-    return {"job_id": job_id, "state": "requested", "status_url": f"/v1/training-jobs/{job_id}"}
+    return TrainingJobAccepted(job_id=job_id, state="requested", status_url=f"/v1/training-jobs/{job_id}")
 
 
-@router.get("/training-jobs/{job_id}")
+def _public_job(job: dict[str, Any]) -> dict[str, Any]:
+    return job | {"error": public_text(job.get("error"))}
+
+
+@router.get("/training-jobs/{job_id}", response_model=TrainingJob, responses=error_responses(404) | DOWNSTREAM)
 async def get_training_job(
-    request: Request, job_id: str, _: Annotated[Principal, Depends(require(Scope.TRAINING_READ))]
-) -> Response:
-    return await _downstream(request).forward("trainer", "GET", f"/jobs/{job_id}")
+    request: Request, job_id: JobId, _: Annotated[Principal, Depends(require(Scope.TRAINING_READ))]
+) -> Any:
+    """Job state, step and metrics (``404`` until the trainer has taken the request in)."""
+    return _public_job(await _downstream(request).json("trainer", "GET", url_path("jobs", job_id)))
 
 
-@router.post("/training-jobs/{job_id}/cancel")
+@router.post(
+    "/training-jobs/{job_id}/cancel",
+    response_model=TrainingJobCancelled,
+    responses=error_responses(404) | DOWNSTREAM,
+)
 async def cancel_training_job(
-    request: Request, job_id: str, _: Annotated[Principal, Depends(require(Scope.TRAINING_WRITE))]
-) -> Response:
-    return await _downstream(request).forward("trainer", "POST", f"/jobs/{job_id}/cancel")
+    request: Request, job_id: JobId, _: Annotated[Principal, Depends(require(Scope.TRAINING_WRITE))]
+) -> Any:
+    return await _downstream(request).json("trainer", "POST", url_path("jobs", job_id, "cancel"))
 
 
-@router.get("/models")
-async def list_models(request: Request, _: Annotated[Principal, Depends(require(Scope.MODELS_READ))]) -> Response:
-    return await _downstream(request).forward("registry", "GET", "/models")
+def _public_version(version: dict[str, Any]) -> dict[str, Any]:
+    deployment = dict(version.get("deployment") or {})
+    if deployment.get("error"):
+        deployment["error"] = public_text(deployment["error"])
+    return version | {"deployment": deployment}
 
 
-class AliasRequest(BaseModel):
-    version: int = Field(ge=1)
-    reason: str = Field(default="manual", max_length=500)
+@router.get("/models", response_model=list[Model], responses=DOWNSTREAM)
+async def list_models(request: Request, _: Annotated[Principal, Depends(require(Scope.MODELS_READ))]) -> Any:
+    """Models, their versions (metrics, gate result, deployment state) and aliases."""
+    models = await _downstream(request).json("registry", "GET", url_path("models"))
+    return [m | {"versions": [_public_version(v) for v in m["versions"]]} for m in models]
 
 
-@router.put("/models/{name}/aliases/{alias}")
+@router.put(
+    "/models/{name}/aliases/{alias}",
+    response_model=AliasMoved,
+    responses=error_responses(404) | DOWNSTREAM,
+)
 async def move_alias(
     request: Request,
-    name: str,
-    alias: str,
+    name: ModelName,
+    alias: AliasName,
     body: AliasRequest,
     who: Annotated[Principal, Depends(require(Scope.MODELS_WRITE))],
-) -> Response:
+) -> Any:
     """Promote or roll back: point an alias at a version (inference deploys it)."""
-    return await _downstream(request).forward(
-        "registry", "PUT", f"/models/{name}/aliases/{alias}", json=body.model_dump() | {"actor": who.name}
+    return await _downstream(request).json(
+        "registry", "PUT", url_path("models", name, "aliases", alias), json=body.model_dump() | {"actor": who.name}
     )
 
 
-@router.get("/models/{name}/versions/{version}/lineage")
+@router.get(
+    "/models/{name}/versions/{version}/lineage",
+    response_model=Lineage,
+    responses=error_responses(404) | DOWNSTREAM,
+)
 async def lineage(
-    request: Request, name: str, version: int, _: Annotated[Principal, Depends(require(Scope.MODELS_READ))]
-) -> dict[str, Any]:
+    request: Request,
+    name: ModelName,
+    version: VersionNumber,
+    _: Annotated[Principal, Depends(require(Scope.MODELS_READ))],
+) -> Any:
     """The version, its run and hyperparameters, and its dataset version down to the record ids."""
     down = _downstream(request)
-    info = await down.json("registry", "GET", f"/models/{name}/versions/{version}/lineage")
+    info = await down.json("registry", "GET", url_path("models", name, "versions", version, "lineage"))
     ds = info["dataset"]
-    manifest = await down.json("preprocess", "GET", f"/datasets/{ds['name']}/versions/{ds['version']}")
-    info["dataset"] |= {k: manifest[k] for k in ("record_count", "split_counts", "config_hash", "source_offsets")}
-    info["dataset"]["record_ids"] = [r["record_id"] for r in manifest["records"]]
-    return info
+    manifest = await down.json("preprocess", "GET", url_path("datasets", ds["name"], "versions", ds["version"]))
+    dataset = {k: ds[k] for k in ("name", "version")}
+    dataset |= {k: manifest[k] for k in ("record_count", "split_counts", "config_hash", "source_offsets")}
+    dataset["record_ids"] = [r["record_id"] for r in manifest["records"]]
+    return _public_version(info) | {"dataset": dataset}
 
 
-class CompletionRequest(BaseModel):
-    """The OpenAI completions request (the fields lmforge honours)."""
-
-    model: str = Field(description="model name, optionally name@alias (default alias: production)")
-    prompt: str | list[str]
-    max_tokens: int = Field(default=16, ge=1)
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
-    user: str | None = None
-
-
-@router.post("/completions")
+@router.post("/completions", response_model=CompletionResponse, responses=error_responses(404) | DOWNSTREAM)
 async def completions(
     request: Request, body: CompletionRequest, who: Annotated[Principal, Depends(require(Scope.COMPLETIONS))]
-) -> dict[str, Any]:
+) -> CompletionResponse:
+    """OpenAI-compatible completions; the answer names the model version that produced it."""
     model, _, alias = body.model.partition("@")
-    prompts = body.prompt if isinstance(body.prompt, list) else [body.prompt]
-    if not prompts or len(prompts) > 16:
-        raise HTTPException(422, {"code": "invalid_request", "message": "prompt: 1 to 16 prompts"})
-    choices, usage, served = [], {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}, None
+    choices, served = [], None
+    usage = Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
     down = _downstream(request)
-    for i, prompt in enumerate(prompts):
+    for i, prompt in enumerate(body.prompts()):
         out = await down.json(
             "inference",
             "POST",
-            "/generate",
+            url_path("generate"),
             json={
                 "model": model,
                 "alias": alias or "production",
@@ -198,42 +260,31 @@ async def completions(
             },
             timeout=down.settings.completion_timeout_s,
         )
-        served = out
+        served = ServedBy(model=model, alias=out["alias"], version=out["version"], triton_model=out["triton_model"])
         choices.append(
-            {
-                "text": out["text"],
-                "index": i,
-                "logprobs": None,
-                "finish_reason": "length" if out["usage"]["completion_tokens"] >= body.max_tokens else "stop",
-            }
+            CompletionChoice(
+                text=out["text"],
+                index=i,
+                finish_reason="length" if out["usage"]["completion_tokens"] >= body.max_tokens else "stop",
+            )
         )
-        for k in usage:
-            usage[k] += out["usage"][k]
-    assert served is not None
-    return {
-        "id": f"cmpl-{uuid.uuid4().hex[:24]}",
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": f"{model}@v{served['version']}",
-        "choices": choices,
-        "usage": usage,
-        "lmforge": {
-            "model": model,
-            "alias": served["alias"],
-            "version": served["version"],
-            "triton_model": served["triton_model"],
-        },
-    }
+        usage = Usage(**{k: getattr(usage, k) + out["usage"][k] for k in Usage.model_fields})
+    assert served is not None  # at least one prompt, by the request's schema
+    return CompletionResponse(
+        id=f"cmpl-{uuid.uuid4().hex[:24]}",
+        object="text_completion",
+        created=int(time.time()),
+        model=f"{model}@v{served.version}",
+        choices=choices,
+        usage=usage,
+        lmforge=served,
+    )
 
 
-class ApiKeyRequest(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
-    scopes: list[Scope]
-
-
-@router.post("/api-keys", status_code=201)
+@router.post("/api-keys", status_code=201, response_model=ApiKeyCreated)
 async def create_api_key(
     request: Request, body: ApiKeyRequest, _: Annotated[Principal, Depends(require(Scope.ADMIN))]
-) -> dict[str, Any]:
+) -> ApiKeyCreated:
+    """A new key with these scopes; the key is in this answer only (only its hash is stored)."""
     key = await create_key(request.app.state.runtime.db, body.name, [s.value for s in body.scopes])
-    return {"name": body.name, "scopes": body.scopes, "key": key, "note": "shown once; only its hash is stored"}
+    return ApiKeyCreated(name=body.name, scopes=body.scopes, key=key, note="shown once; only its hash is stored")

@@ -2,6 +2,8 @@
 
 Connection refused -> 503 (with Retry-After), a timeout -> 504, a downstream 5xx -> 502, and a
 downstream 4xx passes through with its body: the caller's request was wrong, not the platform.
+What a client reads never names an internal host, path or service, and never carries a
+downstream's 5xx text: that goes to the log, under the request's trace id.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import httpx
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse, Response
 
+from lmforge.common.http import error_body
 from lmforge.common.telemetry import get_logger
 
 from .settings import GatewaySettings
@@ -39,16 +42,19 @@ class Downstream:
             await client.aclose()
 
     async def call(self, service: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request to ``service``; ``path`` comes from ``lmforge.common.names.url_path``."""
         try:
             resp = await self.clients[service].request(method, path, **kwargs)
         except httpx.TimeoutException as exc:
+            log.warning("downstream timeout", service=service, path=path, error=repr(exc))
             raise HTTPException(
-                504, {"code": "upstream_timeout", "message": f"{service} did not answer in time"}
+                504, {"code": "upstream_timeout", "message": "a platform service did not answer in time"}
             ) from exc
         except httpx.TransportError as exc:
+            log.warning("downstream unreachable", service=service, path=path, error=repr(exc))
             raise HTTPException(
                 503,
-                {"code": "upstream_unavailable", "message": f"{service} is unavailable"},
+                {"code": "upstream_unavailable", "message": "a platform service is unavailable; retry"},
                 headers={"Retry-After": "5"},
             ) from exc
         if resp.status_code >= 500:
@@ -56,40 +62,58 @@ class Downstream:
             if resp.status_code == 503:
                 raise HTTPException(
                     503,
-                    {"code": "upstream_unavailable", "message": _message(resp, service)},
-                    headers={"Retry-After": resp.headers.get("Retry-After", "5")},
+                    {
+                        "code": "upstream_unavailable",
+                        "message": "temporarily unavailable; retry",
+                        "reason": _code(resp),
+                    },
+                    headers={"Retry-After": _retry_after(resp)},
                 )
             raise HTTPException(
-                502, {"code": "upstream_error", "message": f"{service} failed: {_message(resp, service)}"}
+                502, {"code": "upstream_error", "message": "a platform service failed", "reason": _code(resp)}
             )
         return resp
 
     async def json(self, service: str, method: str, path: str, **kwargs: Any) -> Any:
+        """The JSON of a 2xx answer; a 4xx is raised as ``PassThrough``."""
         resp = await self.call(service, method, path, **kwargs)
         if resp.status_code >= 400:
             raise PassThrough(resp)
-        return resp.json()
-
-    async def forward(self, service: str, method: str, path: str, **kwargs: Any) -> Response:
-        resp = await self.call(service, method, path, **kwargs)
-        return Response(resp.content, status_code=resp.status_code, media_type=resp.headers.get("content-type"))
+        try:
+            return resp.json()
+        except ValueError as exc:
+            log.warning("downstream answered no JSON", service=service, path=path, status=resp.status_code)
+            raise HTTPException(
+                502, {"code": "upstream_error", "message": "a platform service gave an unreadable answer"}
+            ) from exc
 
 
 class PassThrough(Exception):
-    """A downstream 4xx: answered to the client as it is."""
+    """A downstream 4xx: answered to the client with its status and error body."""
 
     def __init__(self, resp: httpx.Response) -> None:
         self.resp = resp
 
     def response(self) -> Response:
         try:
-            return JSONResponse(self.resp.json(), status_code=self.resp.status_code)
+            body = self.resp.json()
         except ValueError:
-            return Response(self.resp.content, status_code=self.resp.status_code)
+            body = None
+        if not (isinstance(body, dict) and isinstance(body.get("error"), dict)):
+            body = error_body("upstream_rejected", f"the request was refused ({self.resp.status_code})")
+        headers = {k: v for k, v in self.resp.headers.items() if k.lower() in ("retry-after", "www-authenticate")}
+        return JSONResponse(body, status_code=self.resp.status_code, headers=headers)
 
 
-def _message(resp: httpx.Response, service: str) -> str:
+def _code(resp: httpx.Response) -> str:
+    """The downstream's error code (a stable identifier), never its message."""
     try:
-        return str(resp.json()["error"]["message"])
+        code = resp.json()["error"]["code"]
     except (ValueError, KeyError, TypeError):
-        return f"{service} answered {resp.status_code}"
+        return "http_" + str(resp.status_code)
+    return str(code) if isinstance(code, str) and code.isidentifier() else "http_" + str(resp.status_code)
+
+
+def _retry_after(resp: httpx.Response) -> str:
+    value = resp.headers.get("Retry-After", "")
+    return value if value.isdigit() else "5"

@@ -2,40 +2,69 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
 
 from fastapi import APIRouter, HTTPException, Request
-from pydantic import BaseModel, Field
-from sqlalchemy import select
+from pydantic import BaseModel, ConfigDict, Field
 
-from .models import deployments
+from lmforge.common.http import error_responses
+from lmforge.common.names import AliasName, ModelName
+
+from . import store
 from .triton import TritonModels, TritonRejected, TritonUnavailable
 
-router = APIRouter()
+router = APIRouter(responses=error_responses(422))
 
 
 class GenerateRequest(BaseModel):
-    model: str = Field(min_length=1, max_length=200, description="model name")
-    alias: str = Field(default="production", max_length=64)
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelName
+    alias: AliasName = "production"
     prompt: str = Field(max_length=20_000)
-    max_tokens: int = Field(default=32, ge=1)
+    max_tokens: int = Field(default=32, ge=1, le=4096, description="at most the max_new_tokens_limit setting")
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
-    caller: str | None = Field(default=None, description="who asks; traffic splits are sticky per caller")
+    caller: str | None = Field(
+        default=None, max_length=200, description="who asks; traffic splits are sticky per caller"
+    )
 
 
-@router.post("/generate")
-async def generate(request: Request, body: GenerateRequest) -> dict[str, Any]:
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class Generation(BaseModel):
+    text: str
+    model: str
+    alias: str
+    version: int
+    triton_model: str
+    usage: Usage
+
+
+class DeploymentState(BaseModel):
+    model_name: str
+    alias: str
+    desired_version: int
+    desired_artifact_uri: str
+    serving_version: int | None
+    triton_model: str | None
+    state: str
+    failed_version: int | None
+    error: str | None
+    updated_at: datetime
+
+
+@router.post("/generate", response_model=Generation, responses=error_responses(404, 502, 503))
+async def generate(request: Request, body: GenerateRequest) -> Generation:
     settings = request.app.state.settings
     if body.max_tokens > settings.max_new_tokens_limit:
         raise HTTPException(
             422, {"code": "invalid_request", "message": f"max_tokens: at most {settings.max_new_tokens_limit}"}
         )
-    async with request.app.state.runtime.db.sessions() as session:
-        row = (
-            await session.execute(
-                select(deployments).where(deployments.c.model_name == body.model, deployments.c.alias == body.alias)
-            )
-        ).first()
+    row = await store.get_deployment(request.app.state.runtime.db, body.model, body.alias)
     if row is None:
         raise HTTPException(404, {"code": "model_not_found", "message": f"no model {body.model}@{body.alias}"})
     if row.serving_version is None or row.triton_model is None:
@@ -53,22 +82,21 @@ async def generate(request: Request, body: GenerateRequest) -> dict[str, Any]:
         ) from exc
     except TritonRejected as exc:
         raise HTTPException(502, {"code": "triton_error", "message": str(exc)}) from exc
-    return {
-        "text": gen.text,
-        "model": body.model,
-        "alias": body.alias,
-        "version": row.serving_version,
-        "triton_model": row.triton_model,
-        "usage": {
-            "prompt_tokens": gen.prompt_tokens,
-            "completion_tokens": gen.completion_tokens,
-            "total_tokens": gen.prompt_tokens + gen.completion_tokens,
-        },
-    }
+    return Generation(
+        text=gen.text,
+        model=body.model,
+        alias=body.alias,
+        version=row.serving_version,
+        triton_model=row.triton_model,
+        usage=Usage(
+            prompt_tokens=gen.prompt_tokens,
+            completion_tokens=gen.completion_tokens,
+            total_tokens=gen.prompt_tokens + gen.completion_tokens,
+        ),
+    )
 
 
-@router.get("/deployments")
-async def list_deployments(request: Request) -> list[dict[str, Any]]:
-    async with request.app.state.runtime.db.sessions() as session:
-        rows = (await session.execute(select(deployments))).mappings().all()
-    return [dict(r) | {"updated_at": r["updated_at"].isoformat()} for r in rows]
+@router.get("/deployments", response_model=list[DeploymentState])
+async def list_deployments(request: Request) -> list[DeploymentState]:
+    rows = await store.list_deployments(request.app.state.runtime.db)
+    return [DeploymentState.model_validate(r, from_attributes=True) for r in rows]

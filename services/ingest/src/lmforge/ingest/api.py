@@ -1,15 +1,20 @@
-"""``POST /records``: one record, a JSON array, or JSONL (body or multipart file upload)."""
+"""``POST /records``: one record, a JSON array, or JSONL (body or multipart file upload).
+
+The route reads its body itself, to take all three formats; its OpenAPI entry still declares
+the record schema for each (``upstream_records_body``). Every failure to read the body is a 4xx
+that says why: not UTF-8, not JSON, too large, an unknown content type.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ValidationError
 
 from lmforge.common.events import UpstreamRecord
-from lmforge.common.http import payload_too_large
+from lmforge.common.http import error_responses, payload_too_large, upstream_records_body
 
 from .settings import IngestSettings
 from .store import RawRecordStore
@@ -19,7 +24,7 @@ router = APIRouter()
 
 class RecordResult(BaseModel):
     record_id: str
-    status: str
+    status: Literal["accepted", "duplicate"]
     event_id: str
 
 
@@ -33,46 +38,82 @@ def _invalid(message: str, **extra: Any) -> HTTPException:
     return HTTPException(422, {"code": "invalid_record", "message": message, **extra})
 
 
+def _decode(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _invalid(f"body is not valid UTF-8 (byte {exc.start}: {exc.reason})") from exc
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _loads(text: str) -> Any:
+    """Standard JSON only: no NaN or Infinity, which no other JSON reader (nor PostgreSQL) takes."""
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+def _parse_json(text: str, where: str, **extra: Any) -> Any:
+    try:
+        return _loads(text)
+    except json.JSONDecodeError as exc:
+        raise _invalid(f"{where}not JSON ({exc.msg})", **extra) from exc
+    except ValueError as exc:
+        raise _invalid(f"{where}not JSON ({exc})", **extra) from exc
+    except RecursionError as exc:
+        raise _invalid(f"{where}nested too deeply", **extra) from exc
+
+
 def _parse_jsonl(text: str) -> list[Any]:
     items = []
     for n, line in enumerate(text.splitlines(), start=1):
         if line.strip():
-            try:
-                items.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise _invalid(f"line {n}: not JSON ({exc.msg})", line=n) from exc
+            items.append(_parse_json(line, f"line {n}: ", line=n))
     return items
 
 
-async def _read_items(request: Request, settings: IngestSettings) -> list[Any]:
+def _declared_length(request: Request) -> int | None:
     declared = request.headers.get("content-length")
-    if declared and int(declared) > settings.max_request_bytes:
+    if declared is None:
+        return None
+    if not declared.strip().isdigit():
+        raise HTTPException(400, {"code": "bad_request", "message": "Content-Length is not a number"})
+    return int(declared)
+
+
+async def _read_items(request: Request, settings: IngestSettings) -> list[Any]:
+    declared = _declared_length(request)
+    if declared is not None and declared > settings.max_request_bytes:
         raise payload_too_large(f"request body over {settings.max_request_bytes} bytes")
-    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
-        form = await request.form()
+        form = await request.form()  # a malformed multipart body is a 400 from starlette
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise _invalid("multipart upload needs a 'file' part holding JSONL")
         data = await upload.read()
         if len(data) > settings.max_request_bytes:
             raise payload_too_large(f"upload over {settings.max_request_bytes} bytes")
-        return _parse_jsonl(data.decode("utf-8", "replace"))
+        return _parse_jsonl(_decode(data))
     body = await request.body()
     if len(body) > settings.max_request_bytes:
         raise payload_too_large(f"request body over {settings.max_request_bytes} bytes")
     if ctype in ("application/x-ndjson", "application/jsonl", "application/x-jsonlines"):
-        return _parse_jsonl(body.decode("utf-8", "replace"))
+        return _parse_jsonl(_decode(body))
     if ctype != "application/json":
         raise HTTPException(415, f"unsupported content type {ctype!r}: use JSON, JSONL or a multipart upload")
-    try:
-        parsed = json.loads(body)
-    except json.JSONDecodeError as exc:
-        raise _invalid(f"body is not JSON: {exc.msg}") from exc
+    parsed = _parse_json(_decode(body), "body is ")
     return parsed if isinstance(parsed, list) else [parsed]
 
 
-@router.post("/records", status_code=202, response_model=IngestResponse)
+@router.post(
+    "/records",
+    status_code=202,
+    response_model=IngestResponse,
+    responses=error_responses(400, 413, 415, 422, 503),
+    openapi_extra=upstream_records_body(),
+)
 async def post_records(request: Request) -> IngestResponse:
     """Validate every record, store each once, and answer after the broker acknowledged them."""
     settings: IngestSettings = request.app.state.settings

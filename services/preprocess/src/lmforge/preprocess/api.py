@@ -2,47 +2,101 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Request
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Body, HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from lmforge.common.http import error_responses
+from lmforge.common.names import DatasetName, SourceName, VersionNumber
 
 from .store import DatasetStore, EmptyDataset
 
-router = APIRouter()
-DatasetName = Path(pattern=r"^[a-z0-9][a-z0-9_.-]{0,99}$", description="lowercase letters, digits, . _ -")
+router = APIRouter(responses=error_responses(422))
 
 
 class CreateVersion(BaseModel):
-    sources: list[str] | None = Field(default=None, description="only records from these sources")
+    model_config = ConfigDict(extra="forbid")
+
+    sources: list[SourceName] | None = Field(
+        default=None, max_length=100, description="only records from these sources"
+    )
+
+
+class DatasetVersionInfo(BaseModel):
+    dataset: str
+    version: int
+    manifest_uri: str = Field(description="Where the manifest is, in the artifact store (internal).")
+    record_count: int
+    split_counts: dict[str, int]
+    config_hash: str
+
+
+class ListedVersion(DatasetVersionInfo):
+    created_at: datetime
+
+
+class ManifestRecord(BaseModel):
+    record_id: str
+    content_hash: str
+    split: str
+
+
+class DatasetManifest(BaseModel):
+    """The manifest as stored next to the shards (shard URIs and the cutting trace included)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    dataset: str
+    version: int
+    created_at: datetime
+    config_hash: str
+    pipeline_config: dict[str, Any]
+    record_count: int
+    split_counts: dict[str, int]
+    sources: list[str]
+    source_offsets: dict[str, dict[str, int]]
+    shards: dict[str, str]
+    records: list[ManifestRecord]
+
+
+class PipelineStats(BaseModel):
+    cleaned: int
+    dropped: dict[str, int]
 
 
 def _store(request: Request) -> DatasetStore:
     return request.app.state.datasets  # type: ignore[no-any-return]
 
 
-@router.post("/datasets/{name}/versions", status_code=201)
+@router.post(
+    "/datasets/{name}/versions",
+    status_code=201,
+    response_model=DatasetVersionInfo,
+    responses=error_responses(409),
+)
 async def create_version(
-    request: Request, body: CreateVersion | None = None, name: str = DatasetName
-) -> dict[str, Any]:
+    request: Request, name: DatasetName, body: Annotated[CreateVersion | None, Body()] = None
+) -> Any:
     try:
         return await _store(request).create_version(name, (body.sources if body else None))
     except EmptyDataset as exc:
         raise HTTPException(409, {"code": "empty_dataset", "message": f"dataset {name}: {exc}"}) from exc
 
 
-@router.get("/datasets")
-async def list_datasets(request: Request) -> list[dict[str, Any]]:
+@router.get("/datasets", response_model=list[ListedVersion])
+async def list_datasets(request: Request) -> Any:
     return await _store(request).list_versions()
 
 
-@router.get("/datasets/{name}/versions")
-async def list_versions(request: Request, name: str = DatasetName) -> list[dict[str, Any]]:
+@router.get("/datasets/{name}/versions", response_model=list[ListedVersion])
+async def list_versions(request: Request, name: DatasetName) -> Any:
     return await _store(request).list_versions(name)
 
 
-@router.get("/datasets/{name}/versions/{version}")
-async def get_version(request: Request, version: int, name: str = DatasetName) -> dict[str, Any]:
+@router.get("/datasets/{name}/versions/{version}", response_model=DatasetManifest, responses=error_responses(404))
+async def get_version(request: Request, name: DatasetName, version: VersionNumber) -> Any:
     """The full manifest: record ids and content hashes, split counts, config, source offsets."""
     store = _store(request)
     for v in await store.list_versions(name):
@@ -51,6 +105,6 @@ async def get_version(request: Request, version: int, name: str = DatasetName) -
     raise HTTPException(404, {"code": "dataset_version_not_found", "message": f"no version {version} of {name}"})
 
 
-@router.get("/stats")
-async def stats(request: Request) -> dict[str, Any]:
+@router.get("/stats", response_model=PipelineStats)
+async def stats(request: Request) -> Any:
     return await _store(request).stats()

@@ -2,50 +2,78 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
-from pydantic import BaseModel, Field
-from sqlalchemy import select
+from pydantic import BaseModel, ConfigDict, Field
 
-from .models import aliases, audit_log, model_versions
-from .store import VersionNotFound, get_version, lineage_view, move_alias, version_view
+from lmforge.common.events import AliasMovedV1
+from lmforge.common.http import error_responses
+from lmforge.common.names import NO_NUL_PATTERN, AliasName, ModelName, VersionNumber
 
-router = APIRouter()
+from .store import VersionNotFound, audit_view, get_version, lineage_view, models_view, move_alias, version_view
+
+router = APIRouter(responses=error_responses(422))
 
 
 class AliasMove(BaseModel):
-    version: int = Field(ge=1)
-    reason: str = Field(default="manual", max_length=500)
-    actor: str = Field(default="api", max_length=200)
+    model_config = ConfigDict(extra="forbid")
+
+    version: VersionNumber
+    reason: str = Field(default="manual", max_length=500, pattern=NO_NUL_PATTERN)
+    actor: str = Field(default="api", max_length=200, pattern=NO_NUL_PATTERN)
+
+
+class ModelVersion(BaseModel):
+    model_name: str
+    version: int
+    run_id: str
+    job_id: str
+    artifact_uri: str
+    metrics: dict[str, float]
+    gate: dict[str, Any]
+    deployment: dict[str, Any]
+    created_at: datetime
+
+
+class Model(BaseModel):
+    name: str
+    aliases: dict[str, int]
+    versions: list[ModelVersion]
+
+
+class LineageDataset(BaseModel):
+    name: str
+    version: int
+    manifest_uri: str
+
+
+class Lineage(ModelVersion):
+    base_model: str
+    hyperparameters: dict[str, Any]
+    dataset: LineageDataset
+
+
+class AuditEntry(BaseModel):
+    at: datetime
+    actor: str
+    action: str
+    details: dict[str, Any]
 
 
 def _not_found(exc: Exception) -> HTTPException:
     return HTTPException(404, {"code": "not_found", "message": str(exc)})
 
 
-@router.get("/models")
-async def list_models(request: Request) -> list[dict[str, Any]]:
+@router.get("/models", response_model=list[Model])
+async def list_models(request: Request) -> Any:
     async with request.app.state.runtime.db.sessions() as session:
-        versions = (
-            await session.execute(
-                select(model_versions).order_by(model_versions.c.model_name, model_versions.c.version)
-            )
-        ).all()
-        alias_rows = (await session.execute(select(aliases))).all()
-    models: dict[str, dict[str, Any]] = {}
-    for v in versions:
-        models.setdefault(v.model_name, {"name": v.model_name, "aliases": {}, "versions": []})["versions"].append(
-            version_view(v)
-        )
-    for a in alias_rows:
-        if a.model_name in models:
-            models[a.model_name]["aliases"][a.alias] = a.version
-    return list(models.values())
+        return await models_view(session)
 
 
-@router.get("/models/{name}/versions/{version}")
-async def read_version(request: Request, name: str, version: int) -> dict[str, Any]:
+@router.get("/models/{name}/versions/{version}", response_model=ModelVersion, responses=error_responses(404))
+async def read_version(request: Request, name: ModelName, version: VersionNumber) -> Any:
     async with request.app.state.runtime.db.sessions() as session:
         try:
             return version_view(await get_version(session, name, version))
@@ -53,8 +81,8 @@ async def read_version(request: Request, name: str, version: int) -> dict[str, A
             raise _not_found(exc) from exc
 
 
-@router.get("/models/{name}/versions/{version}/lineage")
-async def read_lineage(request: Request, name: str, version: int) -> dict[str, Any]:
+@router.get("/models/{name}/versions/{version}/lineage", response_model=Lineage, responses=error_responses(404))
+async def read_lineage(request: Request, name: ModelName, version: VersionNumber) -> Any:
     async with request.app.state.runtime.db.sessions() as session:
         try:
             return lineage_view(await get_version(session, name, version))
@@ -62,8 +90,8 @@ async def read_lineage(request: Request, name: str, version: int) -> dict[str, A
             raise _not_found(exc) from exc
 
 
-@router.put("/models/{name}/aliases/{alias}")
-async def put_alias(request: Request, name: str, alias: str, body: AliasMove) -> dict[str, Any]:
+@router.put("/models/{name}/aliases/{alias}", response_model=AliasMovedV1, responses=error_responses(404))
+async def put_alias(request: Request, name: ModelName, alias: AliasName, body: AliasMove) -> AliasMovedV1:
     """Move an alias to a version: promotion, canary, and rollback are all this one operation."""
     runtime = request.app.state.runtime
     async with runtime.db.sessions.begin() as session:
@@ -72,13 +100,10 @@ async def put_alias(request: Request, name: str, alias: str, body: AliasMove) ->
         except VersionNotFound as exc:
             raise _not_found(exc) from exc
     runtime.relay.wake()
-    return event.model_dump()
+    return event
 
 
-@router.get("/models/{name}/audit")
-async def read_audit(request: Request, name: str) -> list[dict[str, Any]]:
+@router.get("/models/{name}/audit", response_model=list[AuditEntry])
+async def read_audit(request: Request, name: ModelName) -> Any:
     async with request.app.state.runtime.db.sessions() as session:
-        rows = (
-            await session.execute(select(audit_log).where(audit_log.c.model_name == name).order_by(audit_log.c.id))
-        ).all()
-    return [{"at": r.at.isoformat(), "actor": r.actor, "action": r.action, "details": r.details} for r in rows]
+        return await audit_view(session, name)

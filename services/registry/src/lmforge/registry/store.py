@@ -169,3 +169,27 @@ def lineage_view(row: Any) -> dict[str, Any]:
         "hyperparameters": row.hyperparameters,
         "dataset": {"name": row.dataset, "version": row.dataset_version, "manifest_uri": row.dataset_manifest_uri},
     }
+
+
+async def models_view(session: AsyncSession) -> list[dict[str, Any]]:
+    """Every model with its versions (oldest first) and its aliases."""
+    versions = (
+        await session.execute(select(model_versions).order_by(model_versions.c.model_name, model_versions.c.version))
+    ).all()
+    alias_rows = (await session.execute(select(aliases))).all()
+    models: dict[str, dict[str, Any]] = {}
+    for v in versions:
+        models.setdefault(v.model_name, {"name": v.model_name, "aliases": {}, "versions": []})["versions"].append(
+            version_view(v)
+        )
+    for a in alias_rows:
+        if a.model_name in models:
+            models[a.model_name]["aliases"][a.alias] = a.version
+    return list(models.values())
+
+
+async def audit_view(session: AsyncSession, model: str) -> list[dict[str, Any]]:
+    rows = (
+        await session.execute(select(audit_log).where(audit_log.c.model_name == model).order_by(audit_log.c.id))
+    ).all()
+    return [{"at": r.at, "actor": r.actor, "action": r.action, "details": r.details} for r in rows]

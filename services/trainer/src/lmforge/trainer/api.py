@@ -2,57 +2,68 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request
-from sqlalchemy import select
+from fastapi import APIRouter, HTTPException, Query, Request
+from pydantic import BaseModel
 
-from .models import training_jobs
+from lmforge.common.events import JobState
+from lmforge.common.http import error_responses
+from lmforge.common.names import JobId
 
-router = APIRouter()
+from . import store
 
-
-def _public(row: Any) -> dict[str, Any]:
-    return {
-        "job_id": row.job_id,
-        "run_id": row.run_id,
-        "model_name": row.model_name,
-        "dataset": row.dataset,
-        "dataset_version": row.dataset_version,
-        "base_model": row.base_model,
-        "dataset_manifest_uri": row.dataset_manifest_uri,
-        "hyperparameters": row.hyperparameters,
-        "state": row.state,
-        "step": row.step,
-        "metrics": row.metrics,
-        "artifact_uri": row.artifact_uri,
-        "error": row.error,
-        "created_at": row.created_at.isoformat(),
-        "updated_at": row.updated_at.isoformat(),
-    }
+router = APIRouter(responses=error_responses(422))
 
 
-@router.get("/jobs")
-async def list_jobs(request: Request, limit: int = 50) -> list[dict[str, Any]]:
-    async with request.app.state.runtime.db.sessions() as session:
-        rows = (
-            await session.execute(select(training_jobs).order_by(training_jobs.c.created_at.desc()).limit(limit))
-        ).all()
-    return [_public(r) for r in rows]
+class TrainingJob(BaseModel):
+    job_id: str
+    run_id: str
+    model_name: str
+    dataset: str
+    dataset_version: int
+    base_model: str
+    dataset_manifest_uri: str
+    hyperparameters: dict[str, Any]
+    state: JobState
+    step: int
+    metrics: dict[str, float]
+    artifact_uri: str | None
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
 
 
-@router.get("/jobs/{job_id}")
-async def get_job(request: Request, job_id: str) -> dict[str, Any]:
-    async with request.app.state.runtime.db.sessions() as session:
-        row = (await session.execute(select(training_jobs).where(training_jobs.c.job_id == job_id))).first()
+class CancelResult(BaseModel):
+    job_id: str
+    state: JobState
+
+
+def _view(row: Any) -> TrainingJob:
+    return TrainingJob.model_validate(row, from_attributes=True)
+
+
+def _not_found(job_id: str) -> HTTPException:
+    return HTTPException(404, {"code": "job_not_found", "message": f"no training job {job_id}"})
+
+
+@router.get("/jobs", response_model=list[TrainingJob])
+async def list_jobs(request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[TrainingJob]:
+    return [_view(r) for r in await store.list_jobs(request.app.state.runtime.db, limit)]
+
+
+@router.get("/jobs/{job_id}", response_model=TrainingJob, responses=error_responses(404))
+async def get_job(request: Request, job_id: JobId) -> TrainingJob:
+    row = await store.get_job(request.app.state.runtime.db, job_id)
     if row is None:
-        raise HTTPException(404, {"code": "job_not_found", "message": f"no training job {job_id}"})
-    return _public(row)
+        raise _not_found(job_id)
+    return _view(row)
 
 
-@router.post("/jobs/{job_id}/cancel")
-async def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
+@router.post("/jobs/{job_id}/cancel", response_model=CancelResult, responses=error_responses(404))
+async def cancel_job(request: Request, job_id: JobId) -> CancelResult:
     state = await request.app.state.executor.cancel(job_id)
     if state is None:
-        raise HTTPException(404, {"code": "job_not_found", "message": f"no training job {job_id}"})
-    return {"job_id": job_id, "state": state}
+        raise _not_found(job_id)
+    return CancelResult(job_id=job_id, state=state)

@@ -8,11 +8,14 @@ change gets a new class with a new version; consumers accept every version they 
 from __future__ import annotations
 
 import hashlib
+import math
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+
+from ..names import NAME_PATTERN, NO_NUL_PATTERN
 
 
 class EventPayload(BaseModel):
@@ -31,17 +34,78 @@ def content_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+NO_NUL = NO_NUL_PATTERN
+# No NUL, and at least one character that is not whitespace (as ``str.isspace`` sees it).
+NOT_BLANK = r"^[^\x00]*[^\s\x1c-\x1f\x00][^\x00]*$"
+
+_METADATA_KEY = {"type": "string", "maxLength": 200, "pattern": NO_NUL}
+_METADATA_SCALAR = [{"type": "string", "pattern": NO_NUL}, {"type": "number"}, {"type": "boolean"}, {"type": "null"}]
+_METADATA_SCHEMA = {
+    "type": "object",
+    "propertyNames": _METADATA_KEY,
+    "additionalProperties": {
+        "anyOf": [
+            *_METADATA_SCALAR,
+            {"type": "array", "items": {"anyOf": _METADATA_SCALAR}},
+            {"type": "object", "propertyNames": _METADATA_KEY, "additionalProperties": {"anyOf": _METADATA_SCALAR}},
+        ]
+    },
+    "description": "Attributes: strings, numbers, booleans, null, or one level of lists or objects of those.",
+}
+
+
+def _check_metadata(value: Any, where: str, depth: int = 0) -> None:
+    """What ``_METADATA_SCHEMA`` says, with an error that names the place."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError(f"{where}: NUL character")
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ValueError(f"{where}: not valid Unicode (a lone surrogate)") from exc
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: not a finite number")
+    elif value is None or isinstance(value, bool | int):
+        pass
+    elif depth >= 2 or not isinstance(value, list | dict):
+        raise ValueError(f"{where}: nested deeper than one list or object")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_metadata(item, f"{where}[{i}]", depth + 1)
+    else:
+        for key, item in value.items():
+            if len(key) > 200:
+                raise ValueError(f"{where}: keys are up to 200 characters")
+            _check_metadata(key, f"{where} key", depth)
+            _check_metadata(item, f"{where}.{key}", depth + 1)
+
+
 class UpstreamRecord(BaseModel):
-    """The documented JSON that any upstream producer writes to an ingest topic (no envelope needed)."""
+    """The documented JSON that any upstream producer writes to an ingest topic (no envelope needed).
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    Strings are kept as sent (whitespace included); none may hold a NUL character.
+    """
 
-    source: str = Field(min_length=1, max_length=200, description="Business system the record comes from.")
-    source_id: str = Field(min_length=1, max_length=200, description="The record's id in that system.")
-    text: str = Field(min_length=1, max_length=100_000)
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    label: str | None = Field(default=None, max_length=200)
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(
+        pattern=NAME_PATTERN,
+        description="Business system the record comes from: lowercase letters, digits, '.', '_', '-'.",
+        examples=["crm"],
+    )
+    source_id: str = Field(max_length=200, pattern=NOT_BLANK, description="The record's id in that system.")
+    text: str = Field(max_length=100_000, pattern=NOT_BLANK)
+    metadata: Annotated[dict[str, Any], WithJsonSchema(_METADATA_SCHEMA)] = Field(default_factory=dict)
+    label: str | None = Field(default=None, max_length=200, pattern=NO_NUL)
     timestamp: datetime | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_shape(cls, metadata: dict[str, Any]) -> dict[str, Any]:
+        _check_metadata(metadata, "metadata")
+        return metadata
 
 
 class RawRecordV1(EventPayload):
@@ -97,9 +161,9 @@ class Hyperparameters(BaseModel):
     learning_rate: float = Field(default=3e-3, gt=0, le=1)
     batch_size: int = Field(default=16, ge=1, le=1024)
     max_seq_len: int = Field(default=128, ge=8, le=4096)
-    early_stopping_patience: int = Field(default=3, ge=0)
-    eval_every: int = Field(default=50, ge=1)
-    seed: int = 0
+    early_stopping_patience: int = Field(default=3, ge=0, le=1000)
+    eval_every: int = Field(default=50, ge=1, le=100_000)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
 
 
 class TrainingRequestedV1(EventPayload):

@@ -1,0 +1,176 @@
+"""Every /v1 route, four callers: no key 401, a bad key 401, every scope but the one needed 403,
+the right key 2xx. Against the whole stack as processes, with a trained and served model, so
+that every 2xx is a real answer; every 2xx body is also checked for internal paths and hosts.
+
+The routes come from the app (``routes.public_routes``): a route without an example request
+below fails this test until it gets one.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from lmforge.devstack.demo import make_corpus
+from lmforge.devstack.servers import make_workdir
+from lmforge.devstack.stack import Stack
+
+from .routes import PublicRoute, all_scopes_but, public_routes
+
+pytestmark = pytest.mark.slow
+
+MODEL, DATASET = "matrix-model", "matrix-tickets"
+TINY = {"max_steps": 4, "eval_every": 2, "batch_size": 8, "max_seq_len": 32}
+
+
+@dataclass
+class World:
+    """What the example requests refer to: built once, through the public API."""
+
+    stack: Stack
+    api: httpx.Client
+    dataset_version: int
+    job_id: str
+    model_version: int
+
+
+def _wait(what: str, check: Callable[[], Any], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.5)
+    raise TimeoutError(f"{what}: not within {timeout:.0f}s")
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    # Any val perplexity passes the gate: a 4-step model must still be promoted and served.
+    workdir = make_workdir("lmforge-matrix-")
+    try:
+        with Stack(workdir, extra_env={"LMFORGE_REGISTRY_GATE_MAX_VAL_PERPLEXITY": "1e12"}) as running:
+            yield running
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def world(stack: Stack) -> Iterator[World]:
+    auth = {"Authorization": f"Bearer {stack.admin_key}"}
+    with httpx.Client(base_url=stack.gateway_url, headers=auth, timeout=60) as api:
+        corpus = make_corpus(40)
+        assert api.post("/v1/records", json=corpus).status_code == 202
+
+        def cleaned() -> bool:
+            stats = api.get("/v1/pipeline/stats").json()
+            return bool(stats["cleaned"] + sum(stats["dropped"].values()) >= len(corpus))
+
+        _wait("preprocessing", cleaned, 60)
+        cut = api.post(f"/v1/datasets/{DATASET}/versions", json={})
+        assert cut.status_code == 201, cut.text
+        job = api.post(
+            "/v1/training-jobs",
+            json={
+                "model_name": MODEL,
+                "dataset": DATASET,
+                "dataset_version": cut.json()["version"],
+                "hyperparameters": TINY,
+            },
+        )
+        assert job.status_code == 202, job.text
+
+        def trained() -> bool:
+            r = api.get(f"/v1/training-jobs/{job.json()['job_id']}")
+            if r.status_code == 200 and r.json()["state"] == "failed":
+                raise AssertionError(r.text)
+            return r.status_code == 200 and r.json()["state"] == "succeeded"
+
+        _wait("training", trained, 240)
+
+        def served() -> bool:
+            r = api.post("/v1/completions", json={"model": MODEL, "prompt": "Customer: hi", "max_tokens": 2})
+            return r.status_code == 200
+
+        _wait("deployment", served, 180)
+        models = {m["name"]: m for m in api.get("/v1/models").json()}
+        yield World(stack, api, cut.json()["version"], job.json()["job_id"], models[MODEL]["aliases"]["production"])
+
+
+def examples(w: World) -> dict[str, tuple[dict[str, str], dict[str, Any]]]:
+    """A valid request per route: path parameters, then httpx keyword arguments.
+
+    In the order the matrix runs them: the ones that change state (a new training run, an alias
+    move) come last, so they cannot disturb the answers of the others.
+    """
+    return {
+        "GET /v1/pipeline/stats": ({}, {}),
+        "GET /v1/datasets/{name}/versions/{version}": ({"name": DATASET, "version": str(w.dataset_version)}, {}),
+        "GET /v1/training-jobs/{job_id}": ({"job_id": w.job_id}, {}),
+        "GET /v1/models": ({}, {}),
+        "GET /v1/models/{name}/versions/{version}/lineage": ({"name": MODEL, "version": str(w.model_version)}, {}),
+        "POST /v1/completions": ({}, {"json": {"model": f"{MODEL}@production", "prompt": "Hi", "max_tokens": 2}}),
+        "POST /v1/records": ({}, {"json": {"source": "crm", "source_id": "matrix-1", "text": "Customer: hello"}}),
+        "POST /v1/datasets/{name}/versions": ({"name": DATASET}, {"json": {"sources": ["crm"]}}),
+        "POST /v1/api-keys": ({}, {"json": {"name": "matrix", "scopes": ["models:read"]}}),
+        # The job has succeeded already: cancelling it answers its state.
+        "POST /v1/training-jobs/{job_id}/cancel": ({"job_id": w.job_id}, {}),
+        # One more step-1 run of the same model: worse than production, so the gate keeps v1 serving.
+        "POST /v1/training-jobs": (
+            {},
+            {
+                "json": {
+                    "model_name": MODEL,
+                    "dataset": DATASET,
+                    "dataset_version": w.dataset_version,
+                    "hyperparameters": TINY | {"max_steps": 1, "eval_every": 1},
+                }
+            },
+        ),
+        "PUT /v1/models/{name}/aliases/{alias}": (
+            {"name": MODEL, "alias": "production"},
+            {"json": {"version": w.model_version, "reason": "auth matrix: same version"}},
+        ),
+    }
+
+
+def _key(api: httpx.Client, scopes: list[str]) -> str:
+    r = api.post("/v1/api-keys", json={"name": "matrix", "scopes": scopes})
+    assert r.status_code == 201, r.text
+    return str(r.json()["key"])
+
+
+def test_every_route_answers_401_401_403_2xx(world: World) -> None:
+    routes = {str(r): r for r in public_routes()}
+    table = examples(world)
+    assert set(table) == set(routes), f"routes without an example request: {sorted(set(routes) - set(table))}"
+    internal = [str(world.stack.workdir), "file://", "manifest_uri", "artifact_uri", "127.0.0.1", "Traceback"]
+    results: dict[str, list[int]] = {}
+    for label, (params, kwargs) in table.items():
+        route: PublicRoute = routes[label]
+        url = route.path.format(**params)
+        callers = {
+            "none": {},
+            "bad key": {"Authorization": "Bearer lmf_0123456789ab_not-a-real-secret"},
+            "other scopes": {"Authorization": f"Bearer {_key(world.api, all_scopes_but(route.scope))}"},
+            "right scope": {"Authorization": f"Bearer {_key(world.api, [route.scope.value])}"},
+        }
+        statuses = []
+        for caller, headers in callers.items():
+            r = httpx.request(route.method, world.stack.gateway_url + url, headers=headers, timeout=60, **kwargs)
+            statuses.append(r.status_code)
+            if caller == "right scope":
+                assert 200 <= r.status_code < 300, (label, r.text)
+                leaked = [s for s in internal if s in r.text]
+                assert not leaked, (label, leaked, r.text[:500])
+            else:
+                assert "Traceback" not in r.text
+        results[label] = statuses
+    wrong = {label: s for label, s in results.items() if s[:3] != [401, 401, 403]}
+    assert not wrong, wrong
