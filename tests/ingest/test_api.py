@@ -175,11 +175,14 @@ async def test_broker_outage_answers_503_and_loses_nothing(
                 r = await client.post("/records", json=rec(2))
                 if r.status_code == 202:
                     break
-            assert r.status_code == 202 and r.json()["accepted"] == 1
+            # Stored at the first attempt: "accepted" now, or "duplicate" if the sweeper got it
+            # out first. Either way under the event id fixed at the first attempt.
+            assert r.status_code == 202 and r.json()["accepted"] + r.json()["duplicates"] == 1
             event_id = r.json()["records"][0]["event_id"]
         records = await read_topic(broker.bootstrap_servers, Topic.RAW_DATA, expected=1)
         published = [decode_event(x.headers, x.value, RawRecordV1) for x in records]
-        assert [(e.id, e.data.source_id) for e in published] == [(event_id, "T-2")]
+        # The client's retry and the sweeper may both publish it: at least once, always one event id.
+        assert published and {(e.id, e.data.source_id) for e in published} == {(event_id, "T-2")}
     finally:
         broker.stop()
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lmforge.common.http import error_responses
 from lmforge.common.names import DatasetName, SourceName, VersionNumber
 
-from .store import DatasetStore, EmptyDataset
+from .store import DatasetStore, EmptyDataset, VersionContention
 
 router = APIRouter(responses=error_responses(422))
 
@@ -83,6 +83,8 @@ async def create_version(
         return await _store(request).create_version(name, (body.sources if body else None))
     except EmptyDataset as exc:
         raise HTTPException(409, {"code": "empty_dataset", "message": f"dataset {name}: {exc}"}) from exc
+    except VersionContention as exc:
+        raise HTTPException(409, {"code": "version_contention", "message": str(exc)}) from exc
 
 
 @router.get("/datasets", response_model=list[ListedVersion])
