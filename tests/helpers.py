@@ -1,4 +1,4 @@
-"""Small test utilities: read a topic with the raw client, wait for a condition."""
+"""Small test utilities: read a topic with the raw client, wait for a condition, the internal credential."""
 
 from __future__ import annotations
 
@@ -9,6 +9,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
+
+from lmforge.common.settings import InternalAuthSettings
+
+# The internal credential of services built in-process by the tests, and what their callers send.
+INTERNAL_TOKEN = "test-internal-token-0123456789abcdef"
+INTERNAL_AUTH = InternalAuthSettings(token=INTERNAL_TOKEN)
+INTERNAL_HEADERS = {"Authorization": f"Bearer {INTERNAL_TOKEN}"}
 
 
 async def read_topic(

@@ -183,3 +183,26 @@ def test_kubernetes_pods_run_as_10001_with_writable_volumes_and_s3_options() -> 
         assert ref["name"] == "lmforge-artifacts" and ref["optional"] is True
     admin = {e["name"]: e for e in kinds["Deployment"]["gateway"]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert "secretKeyRef" in admin["LMFORGE_GATEWAY_BOOTSTRAP_ADMIN_KEY"]["valueFrom"]
+
+
+def test_compose_refuses_to_start_without_an_internal_credential() -> None:
+    services = compose()["services"]
+    for name in SERVICES:
+        value = services[name]["environment"][f"LMFORGE_{name.upper()}_INTERNAL__TOKEN"]
+        assert re.fullmatch(r"\$\{LMFORGE_INTERNAL_TOKEN:\?[^}]+\}", value), name
+    assert not [k for k in dotenv() if "INTERNAL" in k], ".env must not carry a working internal credential"
+    assert not re.search(r"INTERNAL_TOKEN:-", (ROOT / "docker-compose.yml").read_text()), "no fallback default"
+
+
+def test_kubernetes_services_share_the_internal_credential_and_the_gateways_redis() -> None:
+    kinds = k8s()
+    for name in SERVICES:
+        env = {e["name"]: e for e in kinds["Deployment"][name]["spec"]["template"]["spec"]["containers"][0]["env"]}
+        ref = env[f"LMFORGE_{name.upper()}_INTERNAL__TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert (ref["name"], ref["key"]) == ("lmforge-internal", "token") and not ref.get("optional"), name
+    gateway = kinds["Deployment"]["gateway"]
+    env = {e["name"]: e for e in gateway["spec"]["template"]["spec"]["containers"][0]["env"]}
+    # Several replicas (and an autoscaler): their rate limits must be counted in one place.
+    assert gateway["spec"]["replicas"] > 1 and "gateway" in kinds["HorizontalPodAutoscaler"]
+    ref = env["LMFORGE_GATEWAY_RATE_LIMIT_STORAGE_URL"]["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"]) == ("lmforge-gateway-redis", "url")

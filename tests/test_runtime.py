@@ -11,6 +11,8 @@ from lmforge.common.telemetry import tracer
 from lmforge.ingest.app import build_app
 from lmforge.ingest.settings import IngestSettings
 
+from .helpers import INTERNAL_AUTH
+
 
 async def test_stopping_a_service_keeps_the_callers_tracing(
     span_exporter: InMemorySpanExporter, kafka_settings: KafkaSettings, tmp_path: Path, unique: str
@@ -20,6 +22,7 @@ async def test_stopping_a_service_keeps_the_callers_tracing(
             kafka=kafka_settings,
             database=DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path}/i.db"),
             artifacts=ArtifactSettings(url=str(tmp_path / "a")),
+            internal=INTERNAL_AUTH,
             upstream_topics=[f"up-{unique}"],
             consumer_group=f"g-{unique}",
         )

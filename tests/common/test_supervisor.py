@@ -23,7 +23,7 @@ from lmforge.common.supervisor import Progress, Supervisor
 from lmforge.ingest.app import build_app
 from lmforge.ingest.settings import IngestSettings
 
-from ..helpers import read_topic, wait_until
+from ..helpers import INTERNAL_AUTH, read_topic, wait_until
 from .factories import raw_record
 
 
@@ -139,6 +139,7 @@ async def test_readyz_is_503_while_a_loop_is_down(tmp_path: Path, kafka_settings
             kafka=kafka_settings,
             database=DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path}/i.db"),
             artifacts=ArtifactSettings(url=str(tmp_path / "a")),
+            internal=INTERNAL_AUTH,
             upstream_topics=[upstream],
             consumer_group=f"g-{unique}",
             supervision=SupervisionSettings(restart_backoff_initial_s=30),

@@ -10,6 +10,11 @@ positive data accepted, authentication enforced (it repeats requests without and
 One guard: a generated, valid training request that names a dataset version that exists would
 really train a model with generated hyperparameters (up to 100,000 steps). Such cases are left out
 with ``assume``; every other training request (no such dataset: 404; invalid: 422) is sent.
+
+Ingest is internal: its document and every call carry the stack's internal credential, and its
+OpenAPI declares that credential, so the authentication checks run against it too. The gateway's
+request rate per key is raised for this stack: every generated case uses the one admin key, and
+the contract, not the rate limit (tested in ``tests/gateway``), is what is checked here.
 """
 
 from __future__ import annotations
@@ -72,7 +77,8 @@ def stack() -> Iterator[Stack]:
     # Its own folder, not pytest's numbered one: another pytest session may prune those.
     workdir = make_workdir("lmforge-contract-")
     try:
-        with Stack(workdir, postgres=True) as running:
+        extra_env = {"LMFORGE_GATEWAY_REQUESTS_PER_MINUTE": "1000000"}
+        with Stack(workdir, postgres=True, extra_env=extra_env) as running:
             yield running
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -93,7 +99,7 @@ def gateway(stack: Stack) -> Any:
 
 @pytest.fixture(scope="module")
 def ingest(stack: Stack) -> Any:
-    return schemathesis.openapi.from_url(f"{stack.url('ingest')}/openapi.json", config=CONFIG)
+    return schemathesis.openapi.from_url(f"{stack.url('ingest')}/openapi.json", config=CONFIG, headers=_internal(stack))
 
 
 gateway_schema = schemathesis.pytest.from_fixture("gateway")
@@ -106,13 +112,19 @@ FUZZ = settings(
 )
 
 
+def _internal(stack: Stack) -> dict[str, str]:
+    return {"Authorization": f"Bearer {stack.internal_token}"}
+
+
 def _dataset_version_exists(stack: Stack, body: Any) -> bool:
     if not isinstance(body, dict):
         return False
     name, version = body.get("dataset"), body.get("dataset_version")
     if not isinstance(name, str) or not name or name in (".", "..") or not isinstance(version, int):
         return False
-    resp = httpx.get(stack.url("preprocess") + url_path("datasets", name, "versions"), timeout=10)
+    resp = httpx.get(
+        stack.url("preprocess") + url_path("datasets", name, "versions"), headers=_internal(stack), timeout=10
+    )
     return resp.status_code == 200 and any(v["version"] == version for v in resp.json())
 
 
@@ -127,8 +139,8 @@ def test_gateway_contract(case: schemathesis.Case, stack: Stack) -> None:
 
 @ingest_schema.parametrize()
 @FUZZ
-def test_ingest_contract(case: schemathesis.Case) -> None:
-    response = case.call_and_validate(timeout=60)
+def test_ingest_contract(case: schemathesis.Case, stack: Stack) -> None:
+    response = case.call_and_validate(headers=_internal(stack), timeout=60)
     CASES["ingest", case.operation.label, response.status_code] += 1
 
 

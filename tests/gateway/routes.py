@@ -8,6 +8,9 @@ from fastapi.routing import APIRoute, iter_route_contexts
 
 from lmforge.gateway.app import build_app
 from lmforge.gateway.auth import Scope, required_scope
+from lmforge.gateway.settings import GatewaySettings
+
+from ..helpers import INTERNAL_AUTH
 
 
 @dataclass(frozen=True)
@@ -23,7 +26,8 @@ class PublicRoute:
 
 def public_routes() -> list[PublicRoute]:
     routes = []
-    for context in iter_route_contexts(build_app().routes):  # routers included in the app too
+    app = build_app(GatewaySettings(internal=INTERNAL_AUTH))
+    for context in iter_route_contexts(app.routes):  # routers included in the app too
         route, path = context.original_route, context.path
         if isinstance(route, APIRoute) and path is not None and path.startswith("/v1/"):
             scope = required_scope(route.dependant)

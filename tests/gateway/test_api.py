@@ -19,10 +19,19 @@ from lmforge.gateway.app import build_app
 from lmforge.gateway.auth import Scope
 from lmforge.gateway.settings import GatewaySettings
 
+from ..helpers import INTERNAL_AUTH
 from .routes import PublicRoute, all_scopes_but, public_routes
 
 ADMIN = "lmf_admin_0123456789abcdef0123456789abcdef"
-PATH_VALUES = {"name": "support", "alias": "production", "version": "1", "job_id": "job-0123456789ab"}
+PATH_VALUES = {
+    "name": "support",
+    "alias": "production",
+    "version": "1",
+    "job_id": "job-0123456789ab",
+    "key_id": "0123456789ab",
+}
+# Routes that call no service: what they answer here once the caller may call them (no such key: 404).
+LOCAL_ANSWERS = {"GET /v1/api-keys": 200, "DELETE /v1/api-keys/{key_id}": 404, "POST /v1/api-keys/{key_id}/rotate": 404}
 ROUTES = public_routes()
 
 
@@ -37,6 +46,7 @@ async def gateway(kafka_settings: KafkaSettings, tmp_path: Path) -> AsyncIterato
         kafka=kafka_settings,
         database=DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path}/gateway.db"),
         bootstrap_admin_key=ADMIN,
+        internal=INTERNAL_AUTH,
         connect_timeout_s=0.5,
         **{f"{s}_url": closed for s in ("ingest", "preprocess", "trainer", "registry", "inference")},
     )
@@ -71,6 +81,8 @@ async def test_authentication_comes_before_the_body(gateway: httpx.AsyncClient) 
         r = await gateway.request(route.method, url(route), **garbage | {"headers": garbage["headers"] | right})
         if route.parses_body:
             assert r.status_code == 422, (str(route), r.text)
+        elif str(route) in LOCAL_ANSWERS:
+            assert r.status_code == LOCAL_ANSWERS[str(route)], (str(route), r.text)
         else:  # nothing the gateway refuses: the request goes on, to a service that is not there
             assert r.status_code == 503, (str(route), r.text)
 
@@ -93,7 +105,7 @@ async def test_every_route_declares_its_answers_and_the_bearer_scheme(gateway: h
             assert op["responses"][status]["content"]["application/json"]["schema"] == error, (route, status)
         if "{" in route.path:
             assert "404" in op["responses"], route
-        if route.path != "/v1/api-keys":  # the one route that calls no service
+        if not route.path.startswith("/v1/api-keys"):  # the routes that call no service
             assert {"502", "503", "504"} <= set(op["responses"]), route
             assert "Retry-After" in op["responses"]["503"]["headers"], route
 
@@ -185,4 +197,14 @@ def test_the_route_table_is_what_the_tests_cover() -> None:
     found = {str(r): r.scope for r in ROUTES}
     assert found["POST /v1/api-keys"] == Scope.ADMIN
     assert found["POST /v1/records"] == Scope.RECORDS_WRITE
-    assert len(found) == 12
+    for route in ("GET /v1/api-keys", "DELETE /v1/api-keys/{key_id}", "POST /v1/api-keys/{key_id}/rotate"):
+        assert found[route] == Scope.ADMIN
+    assert len(found) == 15
+
+
+async def test_a_405_names_every_method_of_its_path(gateway: httpx.AsyncClient) -> None:
+    """GET and POST /v1/api-keys are two routes; Allow must name both, not the first one only."""
+    r = await gateway.request("OPTIONS", "/v1/api-keys", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
+    r = await gateway.request("PATCH", "/v1/api-keys/0123456789ab", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert r.status_code == 405 and r.headers["allow"] == "DELETE"

@@ -4,14 +4,20 @@ that every 2xx is a real answer; every 2xx body is also checked for internal pat
 
 The routes come from the app (``routes.public_routes``): a route without an example request
 below fails this test until it gets one.
+
+On the same stack: a key's completion token budget, spent through the real gateway-to-inference
+path, ends in 429; and the services behind the gateway refuse calls without the stack's internal
+credential.
 """
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -38,6 +44,8 @@ class World:
     dataset_version: int
     job_id: str
     model_version: int
+    revocable_key_id: str  # keys for the revoke and rotate examples
+    rotatable_key_id: str
 
 
 def _wait(what: str, check: Callable[[], Any], timeout: float) -> Any:
@@ -100,7 +108,17 @@ def world(stack: Stack) -> Iterator[World]:
 
         _wait("deployment", served, 180)
         models = {m["name"]: m for m in api.get("/v1/models").json()}
-        yield World(stack, api, cut.json()["version"], job.json()["job_id"], models[MODEL]["aliases"]["production"])
+        spare = [api.post("/v1/api-keys", json={"name": f"spare-{i}", "scopes": ["models:read"]}) for i in range(2)]
+        assert all(r.status_code == 201 for r in spare), [r.text for r in spare]
+        yield World(
+            stack,
+            api,
+            cut.json()["version"],
+            job.json()["job_id"],
+            models[MODEL]["aliases"]["production"],
+            spare[0].json()["key_id"],
+            spare[1].json()["key_id"],
+        )
 
 
 def examples(w: World) -> dict[str, tuple[dict[str, str], dict[str, Any]]]:
@@ -118,7 +136,10 @@ def examples(w: World) -> dict[str, tuple[dict[str, str], dict[str, Any]]]:
         "POST /v1/completions": ({}, {"json": {"model": f"{MODEL}@production", "prompt": "Hi", "max_tokens": 2}}),
         "POST /v1/records": ({}, {"json": {"source": "crm", "source_id": "matrix-1", "text": "Customer: hello"}}),
         "POST /v1/datasets/{name}/versions": ({"name": DATASET}, {"json": {"sources": ["crm"]}}),
-        "POST /v1/api-keys": ({}, {"json": {"name": "matrix", "scopes": ["models:read"]}}),
+        "GET /v1/api-keys": ({}, {}),
+        "POST /v1/api-keys": ({}, {"json": {"name": "matrix", "scopes": ["models:read"], "expires_in_s": 3600}}),
+        "POST /v1/api-keys/{key_id}/rotate": ({"key_id": w.rotatable_key_id}, {}),
+        "DELETE /v1/api-keys/{key_id}": ({"key_id": w.revocable_key_id}, {}),
         # The job has succeeded already: cancelling it answers its state.
         "POST /v1/training-jobs/{job_id}/cancel": ({"job_id": w.job_id}, {}),
         # One more step-1 run of the same model: worse than production, so the gate keeps v1 serving.
@@ -174,3 +195,54 @@ def test_every_route_answers_401_401_403_2xx(world: World) -> None:
         results[label] = statuses
     wrong = {label: s for label, s in results.items() if s[:3] != [401, 401, 403]}
     assert not wrong, wrong
+
+
+def test_a_spent_completion_token_budget_is_429(world: World) -> None:
+    """The tokens inference reports are counted per key and model; once a completion could take
+    more than is left today, it is refused with 429 and Retry-After (seconds to midnight UTC)."""
+    budget, max_tokens = 5, 2
+    r = world.api.post(
+        "/v1/api-keys", json={"name": "quota", "scopes": ["completions"], "completion_tokens_per_day": budget}
+    )
+    assert r.status_code == 201, r.text
+    key = {"Authorization": f"Bearer {r.json()['key']}"}
+    body = {"model": MODEL, "prompt": "Customer: my parcel", "max_tokens": max_tokens}
+    used, answered = 0, 0
+    for _ in range(budget + 1):
+        r = world.api.post("/v1/completions", json=body, headers=key)
+        if r.status_code != 200:
+            break
+        used += r.json()["usage"]["completion_tokens"]
+        answered += 1
+    assert r.status_code == 429, r.text
+    assert r.json()["error"]["code"] == "token_quota_exceeded"
+    assert answered >= 1 and budget - max_tokens < used <= budget, (answered, used)
+    now = datetime.now(UTC)
+    midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+    assert abs(int(r.headers["Retry-After"]) - math.ceil((midnight - now).total_seconds())) <= 5
+    # What is left still buys a smaller completion, if anything is left.
+    if used < budget:
+        smaller = world.api.post("/v1/completions", json=body | {"max_tokens": budget - used}, headers=key)
+        assert smaller.status_code == 200, smaller.text
+
+
+def test_the_services_behind_the_gateway_need_the_internal_credential(world: World) -> None:
+    calls = {
+        "ingest": ("GET", "/openapi.json"),
+        "preprocess": ("GET", "/stats"),
+        "trainer": ("GET", "/jobs"),
+        "registry": ("GET", "/models"),
+        "inference": ("GET", "/deployments"),
+    }
+    internal = {"Authorization": f"Bearer {world.stack.internal_token}"}
+    for service, (method, path) in calls.items():
+        url = world.stack.url(service)
+        assert httpx.request(method, url + path, timeout=30).status_code == 401, service
+        assert (
+            httpx.request(
+                method, url + path, headers={"Authorization": f"Bearer {world.stack.admin_key}"}, timeout=30
+            ).status_code
+            == 401
+        )
+        assert httpx.request(method, url + path, headers=internal, timeout=30).status_code == 200, service
+        assert httpx.get(url + "/healthz", timeout=30).status_code == 200, service

@@ -6,15 +6,23 @@ import httpx
 import pytest
 from fastapi import HTTPException
 
+from lmforge.common.http import PRINCIPAL_HEADER, CallerPrincipal, InternalAuthNotConfigured
+from lmforge.common.settings import InternalAuthSettings
 from lmforge.devstack.servers import free_port
 from lmforge.gateway.downstream import Downstream, PassThrough
 from lmforge.gateway.settings import GatewaySettings
 
+from ..helpers import INTERNAL_AUTH, INTERNAL_TOKEN
+
 
 def downstream_with(handler: httpx.MockTransport | None = None, **urls: str) -> Downstream:
-    down = Downstream(GatewaySettings(connect_timeout_s=1, request_timeout_s=1, **urls))
-    if handler is not None:
-        down.clients["registry"] = httpx.AsyncClient(base_url="http://registry", transport=handler)
+    settings = GatewaySettings(connect_timeout_s=1, request_timeout_s=1, internal=INTERNAL_AUTH, **urls)
+    down = Downstream(settings)
+    if handler is not None:  # the same client settings (headers, timeouts), another transport
+        client = down.clients["registry"]
+        down.clients["registry"] = httpx.AsyncClient(
+            base_url="http://registry", transport=handler, headers=client.headers, timeout=client.timeout
+        )
     return down
 
 
@@ -74,3 +82,41 @@ async def test_a_downstream_4xx_without_the_error_shape_gets_it() -> None:
     resp = err.value.response()
     assert resp.status_code == 404
     assert b'"code":"upstream_rejected"' in resp.body and b"html" not in resp.body
+
+
+async def test_every_call_carries_the_internal_credential_and_the_principal() -> None:
+    seen: list[httpx.Request] = []
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=[])
+
+    down = downstream_with(httpx.MockTransport(respond))
+    await down.json("registry", "GET", "/models")
+    await down.json("registry", "GET", "/models", principal=CallerPrincipal(key_id="k1", name="Zoë's key"))
+    assert [r.headers["authorization"] for r in seen] == [f"Bearer {INTERNAL_TOKEN}"] * 2
+    assert PRINCIPAL_HEADER not in seen[0].headers
+    sent = seen[1].headers[PRINCIPAL_HEADER]
+    assert sent.isascii() and CallerPrincipal.model_validate_json(sent) == CallerPrincipal(
+        key_id="k1", name="Zoë's key"
+    )
+
+
+async def test_a_refused_internal_credential_is_a_502_not_the_clients_401() -> None:
+    refused = {"error": {"code": "unauthorized", "message": "send the internal token"}}
+    down = downstream_with(
+        httpx.MockTransport(lambda r: httpx.Response(401, json=refused, headers={"WWW-Authenticate": "Bearer"}))
+    )
+    with pytest.raises(HTTPException) as err:
+        await down.json("registry", "GET", "/models")
+    assert err.value.status_code == 502 and err.value.detail["reason"] == "internal_unauthorized"
+
+
+def test_the_gateway_refuses_to_start_without_an_internal_credential() -> None:
+    with pytest.raises(InternalAuthNotConfigured, match="LMFORGE_GATEWAY_INTERNAL__TOKEN is not set"):
+        Downstream(GatewaySettings())
+    with pytest.raises(InternalAuthNotConfigured, match="too short") as err:
+        Downstream(GatewaySettings(internal=InternalAuthSettings(token="short-secret")))
+    assert "short-secret" not in str(err.value)
+    allowed = Downstream(GatewaySettings(internal=InternalAuthSettings(allow_unauthenticated=True)))
+    assert "authorization" not in allowed.clients["registry"].headers

@@ -3,7 +3,8 @@
 - The inbox claim of an alias move commits with the desired state: when writing the desired
   state fails, the claim rolls back too, and the redelivered event is handled.
 - The periodic resync with the registry keeps running after its first success, so an alias
-  moved while the event was missed is still picked up.
+  moved while the event was missed is still picked up. It calls the registry with the internal
+  credential (the stand-in registry below refuses calls without it).
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from typing import Any
 
 import pytest
 import uvicorn
-from fastapi import FastAPI
 from sqlalchemy import select, text
 
 from lmforge.common.artifacts import ArtifactStore
 from lmforge.common.db import Database, OutboxRelay
 from lmforge.common.events import AliasMovedV1, Event
+from lmforge.common.http import create_app
 from lmforge.common.kafka import EventProducer, InboundMessage
 from lmforge.common.settings import KafkaSettings
 from lmforge.devstack.servers import free_port
@@ -29,7 +30,7 @@ from lmforge.inference.reconciler import Reconciler
 from lmforge.inference.settings import InferenceSettings
 from lmforge.inference.triton import TritonModels
 
-from ..helpers import wait_until
+from ..helpers import INTERNAL_AUTH, wait_until
 
 
 def alias_moved(version: int) -> InboundMessage:
@@ -54,6 +55,7 @@ async def reconciler(tmp_path: Path) -> Any:
         triton_url=f"127.0.0.1:{free_port()}",
         model_repository=str(tmp_path / "repo"),
         reconcile_interval_s=0.1,
+        internal=INTERNAL_AUTH,
     )
     db = Database(f"sqlite+aiosqlite:///{tmp_path}/inference.db")
     await db.create_all(metadata)
@@ -85,7 +87,7 @@ async def test_a_failed_desired_state_write_rolls_back_the_claim(reconciler: Rec
 
 
 async def test_the_registry_resync_keeps_running_after_its_first_success(reconciler: Reconciler) -> None:
-    registry = FastAPI()
+    registry = create_app("registry", internal=INTERNAL_AUTH)  # 401 without the internal credential
     state = {"production": 1}
 
     @registry.get("/models")

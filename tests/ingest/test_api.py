@@ -16,14 +16,14 @@ from lmforge.devstack.servers import TansuBroker
 from lmforge.ingest.app import build_app
 from lmforge.ingest.settings import IngestSettings
 
-from ..helpers import read_topic
+from ..helpers import INTERNAL_AUTH, INTERNAL_HEADERS, read_topic
 
 
 async def _client(settings: IngestSettings) -> AsyncIterator[httpx.AsyncClient]:
     app = build_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest", headers=INTERNAL_HEADERS) as client:
             yield client
 
 
@@ -32,6 +32,7 @@ def _settings(kafka: KafkaSettings, tmp_path: Path, unique: str) -> IngestSettin
         kafka=kafka,
         database=DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path}/ingest.db"),
         artifacts=ArtifactSettings(url=str(tmp_path / "artifacts")),
+        internal=INTERNAL_AUTH,
         upstream_topics=[f"upstream-{unique}"],
         consumer_group=f"ingest-{unique}",
         max_records_per_request=5,

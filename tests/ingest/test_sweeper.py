@@ -27,7 +27,7 @@ from lmforge.ingest.app import build_app
 from lmforge.ingest.models import raw_records
 from lmforge.ingest.settings import IngestSettings
 
-from ..helpers import read_topic, wait_until
+from ..helpers import INTERNAL_AUTH, INTERNAL_HEADERS, read_topic, wait_until
 
 
 def _settings(kafka: KafkaSettings, tmp_path: Path, unique: str) -> IngestSettings:
@@ -35,6 +35,7 @@ def _settings(kafka: KafkaSettings, tmp_path: Path, unique: str) -> IngestSettin
         kafka=kafka,
         database=DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path}/ingest.db"),
         artifacts=ArtifactSettings(url=str(tmp_path / "artifacts")),
+        internal=INTERNAL_AUTH,
         upstream_topics=[f"upstream-{unique}"],
         consumer_group=f"ingest-{unique}",
         max_record_bytes=64 * 1024,
@@ -47,7 +48,7 @@ async def _client(settings: IngestSettings) -> AsyncIterator[tuple[httpx.AsyncCl
     app = build_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest", headers=INTERNAL_HEADERS) as client:
             yield client, app
 
 

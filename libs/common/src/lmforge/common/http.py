@@ -6,24 +6,37 @@
 - Errors are JSON ``{"error": {"code", "message", ...}}`` (``ErrorResponse``); an unexpected
   exception is a 500 with a short message and the trace id, never a stack trace.
 - ``error_responses(...)`` declares those error answers in a route's OpenAPI entry.
+- Calls between services carry the internal credential: ``create_app(..., internal=settings.internal)``
+  refuses (``401``) every call without it, health, readiness and metrics excepted, and
+  ``internal_headers`` is what a caller sends. ``X-Lmforge-Principal`` names the API key a call is
+  made for (``CallerPrincipal``); it is trusted because only holders of the credential get through.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import re
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.routing import iter_route_contexts
+from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route, compile_path
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .events import UpstreamRecord
 from .kafka.producer import BrokerUnavailable
+from .names import NO_NUL_PATTERN
+from .settings import InternalAuthSettings
 from .telemetry import current_trace_id, get_logger
 
 log = get_logger(__name__)
@@ -147,15 +160,148 @@ def payload_too_large(message: str) -> HTTPException:
     return HTTPException(413, message, headers={"Connection": "close"})
 
 
+# --- calls between services -------------------------------------------------------------------
+
+# Open to anyone who can reach a service: probes and Prometheus carry no credential.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+MIN_INTERNAL_TOKEN_CHARS = 32
+PRINCIPAL_HEADER = "X-Lmforge-Principal"
+# The id part of an API key (``lmf_<id>_<secret>``), as the gateway makes and accepts them.
+API_KEY_ID_PATTERN = r"^[A-Za-z0-9-]{1,32}$"
+
+
+class InternalAuthNotConfigured(RuntimeError):
+    """A service has no internal token and was not told that it may run without one."""
+
+
+def internal_token(service_name: str, settings: InternalAuthSettings) -> str | None:
+    """The internal token from ``settings``; ``None`` only where running without one is allowed.
+
+    Raises ``InternalAuthNotConfigured`` (the service refuses to start) when the token is missing
+    or shorter than 32 characters. The message names the variables, never the value.
+    """
+    env = f"LMFORGE_{service_name.upper()}_INTERNAL__"
+    if settings.token is None:
+        if settings.allow_unauthenticated:
+            return None
+        raise InternalAuthNotConfigured(
+            f"{env}TOKEN is not set. Set it to the deployment's shared internal token (at least "
+            f"{MIN_INTERNAL_TOKEN_CHARS} characters, e.g. `openssl rand -hex 32`), or set "
+            f"{env}ALLOW_UNAUTHENTICATED=true to let anyone who can reach this service call it."
+        )
+    if len(settings.token.get_secret_value()) < MIN_INTERNAL_TOKEN_CHARS:
+        raise InternalAuthNotConfigured(
+            f"{env}TOKEN is too short: at least {MIN_INTERNAL_TOKEN_CHARS} characters (`openssl rand -hex 32`)."
+        )
+    return settings.token.get_secret_value()
+
+
+def internal_headers(service_name: str, settings: InternalAuthSettings) -> dict[str, str]:
+    """The headers a call to another lmforge service carries: the internal token as a bearer credential."""
+    token = internal_token(service_name, settings)
+    return {} if token is None else {"Authorization": f"Bearer {token}"}
+
+
+def _fingerprint(token: bytes) -> bytes:
+    # Compared as digests: constant time, and the comparison says nothing about the token's length.
+    return hashlib.sha256(token).digest()
+
+
+class InternalAuthMiddleware:
+    """Refuses (``401``) every call without the internal token, before any route reads the request.
+
+    ``OPEN_PATHS`` stay open. The answer closes the connection: a refused request's body is never read.
+    """
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self._expected = _fingerprint(token.encode())
+
+    def _authorized(self, scope: Scope) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, presented = value.partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(
+                    _fingerprint(presented.strip()), self._expected
+                )
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._authorized(scope):
+            await self.app(scope, receive, send)
+            return
+        response = JSONResponse(
+            error_body("unauthorized", "an internal service: send the internal token (Authorization: Bearer <token>)"),
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer", "Connection": "close"},
+        )
+        await response(scope, receive, send)
+
+
+# Declares the credential in the OpenAPI document of every internal service; the middleware checks it.
+internal_scheme = HTTPBearer(
+    scheme_name="internal",
+    description="The deployment's internal token (LMFORGE_<SERVICE>_INTERNAL__TOKEN), shared by its services.",
+    auto_error=False,
+)
+
+
+class CallerPrincipal(BaseModel):
+    """The API key a call is made for, as the gateway authenticated it (``X-Lmforge-Principal``).
+
+    Only the gateway sets it. A service trusts it because a call reaches a route only with the
+    internal credential; a client's own ``X-Lmforge-Principal`` never gets past the gateway.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key_id: str = Field(pattern=API_KEY_ID_PATTERN)
+    name: str = Field(min_length=1, max_length=200, pattern=NO_NUL_PATTERN)
+
+    def header(self) -> dict[str, str]:
+        """The header that carries it: JSON with every non-ASCII character escaped (a header is ASCII)."""
+        return {PRINCIPAL_HEADER: json.dumps(self.model_dump(), ensure_ascii=True, separators=(",", ":"))}
+
+
+def caller_principal(
+    value: Annotated[
+        str | None,
+        Header(
+            alias=PRINCIPAL_HEADER,
+            description='The API key the gateway authenticated: `{"key_id": ..., "name": ...}`; set by the gateway.',
+        ),
+    ] = None,
+) -> CallerPrincipal | None:
+    """A dependency: the principal a call is made for, or ``None`` (an internal caller acting for itself)."""
+    if value is None:
+        return None
+    try:
+        return CallerPrincipal.model_validate_json(value)
+    except ValidationError as exc:
+        raise HTTPException(400, {"code": "bad_request", "message": f"{PRINCIPAL_HEADER}: not a principal"}) from exc
+
+
 def create_app(
     service_name: str,
     *,
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
     readiness: dict[str, ReadinessCheck] | None = None,
+    internal: InternalAuthSettings | None = None,
     **fastapi_kwargs: Any,
 ) -> FastAPI:
+    """The app of one service. ``internal``: the service sits behind the gateway, and every call to
+    it needs the internal credential (it refuses to be built without one unless that is allowed)."""
+    token = internal_token(service_name, internal) if internal is not None else None
+    if internal is not None and token is None:
+        log.warning("calls to this service are not authenticated: anyone who can reach it may call it")
+    if token is not None:
+        fastapi_kwargs["dependencies"] = [*fastapi_kwargs.get("dependencies", []), Depends(internal_scheme)]
+        fastapi_kwargs["responses"] = error_responses(401) | fastapi_kwargs.get("responses", {})
     app = FastAPI(title=f"lmforge {service_name}", lifespan=lifespan, **fastapi_kwargs)
     app.state.readiness = dict(readiness or {})
+    if token is not None:
+        # Added before the trace-id middleware, so it runs inside it: a 401 carries X-Trace-Id too.
+        app.add_middleware(InternalAuthMiddleware, token=token)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -189,7 +335,7 @@ def create_app(
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
             # FastAPI answers a JSON body that is not UTF-8 with a bare 400; say what is wrong.
             reason = exc.__cause__
@@ -201,11 +347,12 @@ def create_app(
         extra = dict(exc.detail) if isinstance(exc.detail, dict) else {"message": str(exc.detail)}
         code = str(extra.pop("code", _code_for(exc.status_code)))
         message = str(extra.pop("message", ""))
-        return JSONResponse(
-            error_body(code, message, **extra),
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
-        )
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route that matched the path only; a path
+            # with a route per method (GET and POST /v1/api-keys) must list them all.
+            headers = dict(headers or {}) | {"Allow": ", ".join(_allowed_methods(app, request.scope["path"]))}
+        return JSONResponse(error_body(code, message, **extra), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(BrokerUnavailable)
     async def _broker(_: Request, exc: BrokerUnavailable) -> JSONResponse:
@@ -230,6 +377,16 @@ def create_app(
 
     _instrument(app)
     return app
+
+
+def _allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method some route of ``app`` serves at ``path`` (included routers too)."""
+    methods: set[str] = set()
+    for context in iter_route_contexts(app.routes):
+        route = context.original_route
+        if isinstance(route, Route) and context.path and compile_path(context.path)[0].match(path):
+            methods |= route.methods or set()
+    return sorted(methods)
 
 
 def _code_for(status: int) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -84,6 +84,21 @@ class SupervisionSettings(BaseModel):
     stall_timeout_s: float = 120.0
 
 
+class InternalAuthSettings(BaseModel):
+    """The credential that calls between lmforge services carry (``lmforge.common.http``).
+
+    Every service behind the gateway refuses a call without ``token`` (``401``), except
+    ``/healthz``, ``/readyz`` and ``/metrics``; the gateway and inference send it on their calls.
+    All services of one deployment share one token. A service without a token refuses to start,
+    unless ``allow_unauthenticated`` says, on purpose, that anyone who can reach it may call it.
+    """
+
+    # At least 32 characters: `openssl rand -hex 32`. Checked when the app is built, not here,
+    # so that a refused value never appears in an error message.
+    token: SecretStr | None = None
+    allow_unauthenticated: bool = False
+
+
 class ServiceSettings(BaseSettings):
     """Base class: one instance per service process, read from the environment and ``.env``."""
 
@@ -96,6 +111,7 @@ class ServiceSettings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     artifacts: ArtifactSettings = Field(default_factory=ArtifactSettings)
     supervision: SupervisionSettings = Field(default_factory=SupervisionSettings)
+    internal: InternalAuthSettings = Field(default_factory=InternalAuthSettings)
 
 
 def service_config(service: str) -> SettingsConfigDict:

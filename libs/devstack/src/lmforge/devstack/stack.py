@@ -41,6 +41,8 @@ class Stack:
     postgres: bool = False
     otlp_endpoint: str | None = None
     admin_key: str = field(default_factory=lambda: f"lmf_admin_{secrets.token_urlsafe(24)}")
+    # The credential the services' calls to each other carry (LMFORGE_<SERVICE>_INTERNAL__TOKEN).
+    internal_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     upstream_topic: str = "upstream.records"
     extra_env: dict[str, str] = field(default_factory=dict)
     # A subset of the services (tests of the data path need no Triton, trainer or inference).
@@ -86,6 +88,7 @@ class Stack:
                 f"{p}KAFKA__POLL_TIMEOUT_MS": "200",
                 f"{p}DATABASE__URL": self._database_url(service),
                 f"{p}ARTIFACTS__URL": str(self.workdir / "artifacts"),
+                f"{p}INTERNAL__TOKEN": self.internal_token,
                 "OTEL_BSP_SCHEDULE_DELAY": "200",
             }
         )

@@ -1,14 +1,16 @@
 """The public API, ``/v1``: every route names the scope it needs, its answer and its errors.
 
-Order of checks on every route: the API key (401), its scope (403), then the request (422), then
-the work. Internal URLs are built with ``url_path`` from quoted segments, and what comes back
-from a service is validated into a public model (``schemas``), which leaves internal fields out.
+Order of checks on every route: the API key (401), its scope (403), the key's request rate (429),
+then the request (422), then the work. Internal URLs are built with ``url_path`` from quoted
+segments, calls to services name the caller's key (``principal=``), and what comes back from a
+service is validated into a public model (``schemas``), which leaves internal fields out.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Request
@@ -18,12 +20,16 @@ from lmforge.common.http import error_responses, payload_too_large, public_text,
 from lmforge.common.kafka import EventProducer
 from lmforge.common.names import AliasName, DatasetName, JobId, ModelName, VersionNumber, url_path
 
-from .auth import AuthenticatedRoute, Principal, Scope, create_key, require
+from . import store
+from .auth import AuthenticatedRoute, Principal, Scope, digest, format_key, new_key, new_secret, require
 from .downstream import Downstream
+from .quotas import Quotas
 from .schemas import (
     AliasMoved,
     AliasRequest,
+    ApiKey,
     ApiKeyCreated,
+    ApiKeyId,
     ApiKeyRequest,
     CompletionChoice,
     CompletionRequest,
@@ -43,14 +49,19 @@ from .schemas import (
     Usage,
 )
 
-# Every /v1 route: the key (401), its scope (403), a malformed request (422), too many requests (429).
-router = APIRouter(prefix="/v1", route_class=AuthenticatedRoute, responses=error_responses(401, 403, 422, 429))
+# Every /v1 route: the key (401), its scope (403), a malformed request (422), too many requests
+# (429), and 503 while the rate limits cannot be counted (their storage is unreachable).
+router = APIRouter(prefix="/v1", route_class=AuthenticatedRoute, responses=error_responses(401, 403, 422, 429, 503))
 # Routes that call a service behind the gateway may also answer these.
 DOWNSTREAM = error_responses(502, 503, 504)
 
 
 def _downstream(request: Request) -> Downstream:
     return request.app.state.downstream  # type: ignore[no-any-return]
+
+
+def _quotas(request: Request) -> Quotas:
+    return request.app.state.quotas  # type: ignore[no-any-return]
 
 
 @router.post(
@@ -60,7 +71,7 @@ def _downstream(request: Request) -> Downstream:
     responses=error_responses(400, 413, 415) | DOWNSTREAM,
     openapi_extra=upstream_records_body(),
 )
-async def post_records(request: Request, _: Annotated[Principal, Depends(require(Scope.RECORDS_WRITE))]) -> Any:
+async def post_records(request: Request, who: Annotated[Principal, Depends(require(Scope.RECORDS_WRITE))]) -> Any:
     """One record, a JSON array, JSONL, or a multipart JSONL upload; validated and stored by ingest.
 
     ``202`` once the broker acknowledged every record. The body is passed to ingest as it came.
@@ -75,7 +86,9 @@ async def post_records(request: Request, _: Annotated[Principal, Depends(require
         if len(body) > limit:
             raise payload_too_large(f"request body over {limit} bytes")
     headers = {"content-type": request.headers.get("content-type", "application/json")}
-    return await _downstream(request).json("ingest", "POST", url_path("records"), content=bytes(body), headers=headers)
+    return await _downstream(request).json(
+        "ingest", "POST", url_path("records"), principal=who.forwarded(), content=bytes(body), headers=headers
+    )
 
 
 @router.post(
@@ -87,7 +100,7 @@ async def post_records(request: Request, _: Annotated[Principal, Depends(require
 async def create_dataset_version(
     request: Request,
     name: DatasetName,
-    _: Annotated[Principal, Depends(require(Scope.DATASETS_WRITE))],
+    who: Annotated[Principal, Depends(require(Scope.DATASETS_WRITE))],
     body: Annotated[DatasetVersionRequest | None, Body()] = None,
 ) -> Any:
     """Cut an immutable dataset version from the cleaned records (``409`` if there are none)."""
@@ -95,6 +108,7 @@ async def create_dataset_version(
         "preprocess",
         "POST",
         url_path("datasets", name, "versions"),
+        principal=who.forwarded(),
         json=(body or DatasetVersionRequest()).model_dump(),
     )
 
@@ -108,16 +122,18 @@ async def get_dataset_version(
     request: Request,
     name: DatasetName,
     version: VersionNumber,
-    _: Annotated[Principal, Depends(require(Scope.DATASETS_READ))],
+    who: Annotated[Principal, Depends(require(Scope.DATASETS_READ))],
 ) -> Any:
     """The manifest: record ids and content hashes, split counts, config hash, source offsets."""
-    return await _downstream(request).json("preprocess", "GET", url_path("datasets", name, "versions", version))
+    return await _downstream(request).json(
+        "preprocess", "GET", url_path("datasets", name, "versions", version), principal=who.forwarded()
+    )
 
 
 @router.get("/pipeline/stats", response_model=PipelineStats, responses=DOWNSTREAM)
-async def pipeline_stats(request: Request, _: Annotated[Principal, Depends(require(Scope.DATASETS_READ))]) -> Any:
+async def pipeline_stats(request: Request, who: Annotated[Principal, Depends(require(Scope.DATASETS_READ))]) -> Any:
     """How many records preprocess has cleaned, and dropped (duplicates, empty after cleaning)."""
-    return await _downstream(request).json("preprocess", "GET", url_path("stats"))
+    return await _downstream(request).json("preprocess", "GET", url_path("stats"), principal=who.forwarded())
 
 
 @router.post(
@@ -130,7 +146,9 @@ async def create_training_job(
     request: Request, body: TrainingJobRequest, who: Annotated[Principal, Depends(require(Scope.TRAINING_WRITE))]
 ) -> TrainingJobAccepted:
     """Check the dataset version exists, then publish the request; ``202`` after the broker's ack."""
-    versions = await _downstream(request).json("preprocess", "GET", url_path("datasets", body.dataset, "versions"))
+    versions = await _downstream(request).json(
+        "preprocess", "GET", url_path("datasets", body.dataset, "versions"), principal=who.forwarded()
+    )
     match = next((v for v in versions if v["version"] == body.dataset_version), None)
     if match is None:
         raise HTTPException(
@@ -165,10 +183,11 @@ def _public_job(job: dict[str, Any]) -> dict[str, Any]:
 
 @router.get("/training-jobs/{job_id}", response_model=TrainingJob, responses=error_responses(404) | DOWNSTREAM)
 async def get_training_job(
-    request: Request, job_id: JobId, _: Annotated[Principal, Depends(require(Scope.TRAINING_READ))]
+    request: Request, job_id: JobId, who: Annotated[Principal, Depends(require(Scope.TRAINING_READ))]
 ) -> Any:
     """Job state, step and metrics (``404`` until the trainer has taken the request in)."""
-    return _public_job(await _downstream(request).json("trainer", "GET", url_path("jobs", job_id)))
+    job = await _downstream(request).json("trainer", "GET", url_path("jobs", job_id), principal=who.forwarded())
+    return _public_job(job)
 
 
 @router.post(
@@ -177,9 +196,11 @@ async def get_training_job(
     responses=error_responses(404) | DOWNSTREAM,
 )
 async def cancel_training_job(
-    request: Request, job_id: JobId, _: Annotated[Principal, Depends(require(Scope.TRAINING_WRITE))]
+    request: Request, job_id: JobId, who: Annotated[Principal, Depends(require(Scope.TRAINING_WRITE))]
 ) -> Any:
-    return await _downstream(request).json("trainer", "POST", url_path("jobs", job_id, "cancel"))
+    return await _downstream(request).json(
+        "trainer", "POST", url_path("jobs", job_id, "cancel"), principal=who.forwarded()
+    )
 
 
 def _public_version(version: dict[str, Any]) -> dict[str, Any]:
@@ -190,9 +211,9 @@ def _public_version(version: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.get("/models", response_model=list[Model], responses=DOWNSTREAM)
-async def list_models(request: Request, _: Annotated[Principal, Depends(require(Scope.MODELS_READ))]) -> Any:
+async def list_models(request: Request, who: Annotated[Principal, Depends(require(Scope.MODELS_READ))]) -> Any:
     """Models, their versions (metrics, gate result, deployment state) and aliases."""
-    models = await _downstream(request).json("registry", "GET", url_path("models"))
+    models = await _downstream(request).json("registry", "GET", url_path("models"), principal=who.forwarded())
     return [m | {"versions": [_public_version(v) for v in m["versions"]]} for m in models]
 
 
@@ -208,9 +229,12 @@ async def move_alias(
     body: AliasRequest,
     who: Annotated[Principal, Depends(require(Scope.MODELS_WRITE))],
 ) -> Any:
-    """Promote or roll back: point an alias at a version (inference deploys it)."""
+    """Promote or roll back: point an alias at a version (inference deploys it).
+
+    The registry's audit log names the caller's API key (its name and id), as authenticated here.
+    """
     return await _downstream(request).json(
-        "registry", "PUT", url_path("models", name, "aliases", alias), json=body.model_dump() | {"actor": who.name}
+        "registry", "PUT", url_path("models", name, "aliases", alias), principal=who.forwarded(), json=body.model_dump()
     )
 
 
@@ -223,13 +247,17 @@ async def lineage(
     request: Request,
     name: ModelName,
     version: VersionNumber,
-    _: Annotated[Principal, Depends(require(Scope.MODELS_READ))],
+    who: Annotated[Principal, Depends(require(Scope.MODELS_READ))],
 ) -> Any:
     """The version, its run and hyperparameters, and its dataset version down to the record ids."""
-    down = _downstream(request)
-    info = await down.json("registry", "GET", url_path("models", name, "versions", version, "lineage"))
+    down, principal = _downstream(request), who.forwarded()
+    info = await down.json(
+        "registry", "GET", url_path("models", name, "versions", version, "lineage"), principal=principal
+    )
     ds = info["dataset"]
-    manifest = await down.json("preprocess", "GET", url_path("datasets", ds["name"], "versions", ds["version"]))
+    manifest = await down.json(
+        "preprocess", "GET", url_path("datasets", ds["name"], "versions", ds["version"]), principal=principal
+    )
     dataset = {k: ds[k] for k in ("name", "version")}
     dataset |= {k: manifest[k] for k in ("record_count", "split_counts", "config_hash", "source_offsets")}
     dataset["record_ids"] = [r["record_id"] for r in manifest["records"]]
@@ -240,16 +268,24 @@ async def lineage(
 async def completions(
     request: Request, body: CompletionRequest, who: Annotated[Principal, Depends(require(Scope.COMPLETIONS))]
 ) -> CompletionResponse:
-    """OpenAI-compatible completions; the answer names the model version that produced it."""
+    """OpenAI-compatible completions; the answer names the model version that produced it.
+
+    ``429`` (``token_quota_exceeded``) when the answer could take more completion tokens than this
+    key has left today for this model (``max_tokens`` times the number of prompts); the tokens
+    each answer used are counted against that budget.
+    """
     model, _, alias = body.model.partition("@")
     choices, served = [], None
     usage = Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
-    down = _downstream(request)
-    for i, prompt in enumerate(body.prompts()):
+    down, quotas = _downstream(request), _quotas(request)
+    prompts = body.prompts()
+    await quotas.check_completion(who, model, body.max_tokens * len(prompts))
+    for i, prompt in enumerate(prompts):
         out = await down.json(
             "inference",
             "POST",
             url_path("generate"),
+            principal=who.forwarded(),
             json={
                 "model": model,
                 "alias": alias or "production",
@@ -260,6 +296,7 @@ async def completions(
             },
             timeout=down.settings.completion_timeout_s,
         )
+        await quotas.count_completion(who, model, out["usage"]["completion_tokens"])
         served = ServedBy(model=model, alias=out["alias"], version=out["version"], triton_model=out["triton_model"])
         choices.append(
             CompletionChoice(
@@ -281,10 +318,101 @@ async def completions(
     )
 
 
+# --- API keys: admin only; no answer carries a stored secret or its hash -----------------------
+
+
+def _key_view(request: Request, key: store.ApiKeyRow) -> ApiKey:
+    settings = request.app.state.settings
+    state = "revoked" if key.revoked_at else "expired" if key.expired(datetime.now(UTC)) else "active"
+    return ApiKey(
+        key_id=key.key_id,
+        name=key.name,
+        scopes=[Scope(s) for s in key.scopes],
+        state=state,
+        created_at=key.created_at,
+        expires_at=key.expires_at,
+        revoked_at=key.revoked_at,
+        rotated_at=key.rotated_at,
+        last_used_at=key.last_used_at,
+        bootstrap=key.bootstrap,
+        requests_per_minute=key.requests_per_minute or settings.requests_per_minute,
+        completion_tokens_per_day=key.completion_tokens_per_day or settings.completion_tokens_per_day,
+    )
+
+
+def _key_error(exc: Exception) -> HTTPException:
+    if isinstance(exc, store.KeyNotFound):
+        return HTTPException(404, {"code": "api_key_not_found", "message": str(exc)})
+    if isinstance(exc, store.KeyManagedBySettings):
+        return HTTPException(409, {"code": "bootstrap_key", "message": str(exc)})
+    return HTTPException(409, {"code": "api_key_revoked", "message": str(exc)})
+
+
+@router.get("/api-keys", response_model=list[ApiKey])
+async def list_api_keys(request: Request, _: Annotated[Principal, Depends(require(Scope.ADMIN))]) -> list[ApiKey]:
+    """Every key, revoked and expired ones too: ids, names, scopes, dates and limits; never a secret."""
+    return [_key_view(request, key) for key in await store.list_keys(request.app.state.runtime.db)]
+
+
 @router.post("/api-keys", status_code=201, response_model=ApiKeyCreated)
 async def create_api_key(
     request: Request, body: ApiKeyRequest, _: Annotated[Principal, Depends(require(Scope.ADMIN))]
 ) -> ApiKeyCreated:
     """A new key with these scopes; the key is in this answer only (only its hash is stored)."""
-    key = await create_key(request.app.state.runtime.db, body.name, [s.value for s in body.scopes])
-    return ApiKeyCreated(name=body.name, scopes=body.scopes, key=key, note="shown once; only its hash is stored")
+    key_id, secret, key = new_key()
+    expires_at = None if body.expires_in_s is None else datetime.now(UTC) + timedelta(seconds=body.expires_in_s)
+    row = await store.insert_key(
+        request.app.state.runtime.db,
+        key_id=key_id,
+        name=body.name,
+        secret_sha256=digest(secret),
+        scopes=[s.value for s in body.scopes],
+        expires_at=expires_at,
+        requests_per_minute=body.requests_per_minute,
+        completion_tokens_per_day=body.completion_tokens_per_day,
+    )
+    return ApiKeyCreated(
+        key_id=row.key_id,
+        name=row.name,
+        scopes=body.scopes,
+        expires_at=row.expires_at,
+        key=key,
+        note="shown once; only its hash is stored",
+    )
+
+
+@router.delete("/api-keys/{key_id}", response_model=ApiKey, responses=error_responses(404, 409))
+async def revoke_api_key(
+    request: Request, key_id: ApiKeyId, _: Annotated[Principal, Depends(require(Scope.ADMIN))]
+) -> ApiKey:
+    """Revoke a key: it is refused (``401``) from its very next request on, and stays listed.
+
+    ``409`` for the bootstrap admin key: change or remove ``LMFORGE_GATEWAY_BOOTSTRAP_ADMIN_KEY``.
+    """
+    try:
+        return _key_view(request, await store.revoke_key(request.app.state.runtime.db, key_id))
+    except (store.KeyNotFound, store.KeyManagedBySettings) as exc:
+        raise _key_error(exc) from exc
+
+
+@router.post("/api-keys/{key_id}/rotate", response_model=ApiKeyCreated, responses=error_responses(404, 409))
+async def rotate_api_key(
+    request: Request, key_id: ApiKeyId, _: Annotated[Principal, Depends(require(Scope.ADMIN))]
+) -> ApiKeyCreated:
+    """A new secret for the same key (id, name, scopes, expiry, limits); the old secret stops working.
+
+    The new key is in this answer only. ``409`` for a revoked key and for the bootstrap admin key.
+    """
+    secret = new_secret()
+    try:
+        row = await store.replace_secret(request.app.state.runtime.db, key_id, digest(secret))
+    except (store.KeyNotFound, store.KeyManagedBySettings, store.KeyRevoked) as exc:
+        raise _key_error(exc) from exc
+    return ApiKeyCreated(
+        key_id=row.key_id,
+        name=row.name,
+        scopes=[Scope(s) for s in row.scopes],
+        expires_at=row.expires_at,
+        key=format_key(row.key_id, secret),
+        note="shown once; only its hash is stored; the previous secret no longer works",
+    )

@@ -5,13 +5,18 @@ secrets; these are not guessable) and authentication costs microseconds per requ
 
 A route declares its scope with ``Depends(require(scope))``. ``AuthenticatedRoute`` checks that
 scope before FastAPI reads or validates the body, so a caller learns 401, then 403, and only then
-422: nothing about a route's body is told to a caller who may not call it.
+422: nothing about a route's body is told to a caller who may not call it. Between the scope and
+the body, the key's request rate is counted (429, ``quotas.py``).
+
+Every request reads its key's row (``store.py``): there is no cache, so a revoked, rotated or
+expired key is refused from the very next request on, by every replica.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -23,11 +28,16 @@ from fastapi import Depends, HTTPException, Request, Response
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select
 
 from lmforge.common.db import Database
+from lmforge.common.http import API_KEY_ID_PATTERN, CallerPrincipal
+from lmforge.common.telemetry import get_logger
 
-from .models import api_keys
+from . import store
+
+log = get_logger(__name__)
+
+BOOTSTRAP_KEY_NAME = "bootstrap-admin"
 
 
 class Scope(StrEnum):
@@ -47,64 +57,93 @@ class Principal:
     key_id: str
     name: str
     scopes: frozenset[str]
+    # The key's own limits (None: the gateway's settings apply).
+    requests_per_minute: int | None = None
+    completion_tokens_per_day: int | None = None
+
+    def forwarded(self) -> CallerPrincipal:
+        """What services behind the gateway learn about the caller (``X-Lmforge-Principal``)."""
+        return CallerPrincipal(key_id=self.key_id, name=self.name)
 
 
-def _digest(secret: str) -> str:
+def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def split_key(key: str) -> tuple[str, str] | None:
     parts = key.split("_", 2)
-    if len(parts) != 3 or parts[0] != "lmf" or not parts[1] or not parts[2]:
+    if len(parts) != 3 or parts[0] != "lmf" or not re.fullmatch(API_KEY_ID_PATTERN, parts[1]) or not parts[2]:
         return None
     return parts[1], parts[2]
 
 
-async def create_key(db: Database, name: str, scopes: list[str], key: str | None = None) -> str:
-    """Store a key (generated unless given) and return it; only its hash is kept."""
+def new_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def new_key() -> tuple[str, str, str]:
+    """A fresh key: its id, its secret, and the whole key as the client sends it."""
+    key_id, secret = secrets.token_hex(6), new_secret()
+    return key_id, secret, format_key(key_id, secret)
+
+
+def format_key(key_id: str, secret: str) -> str:
+    return f"lmf_{key_id}_{secret}"
+
+
+async def sync_bootstrap_key(db: Database, key: str | None) -> None:
+    """Make the stored bootstrap admin key follow ``LMFORGE_GATEWAY_BOOTSTRAP_ADMIN_KEY`` (start-up).
+
+    A changed secret replaces the stored hash (the old secret stops working); a removed setting
+    revokes the key; a new key id revokes the old one and creates the new one.
+    """
     if key is None:
-        key = f"lmf_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
+        outcome = await store.sync_bootstrap_key(db, name=BOOTSTRAP_KEY_NAME, scopes=[Scope.ADMIN])
+        if outcome == "revoked":
+            log.warning("bootstrap admin key removed from the settings: revoked")
+        log.warning("no bootstrap admin key configured (LMFORGE_GATEWAY_BOOTSTRAP_ADMIN_KEY)")
+        return
     parsed = split_key(key)
     if parsed is None:
-        raise ValueError("an API key looks like lmf_<id>_<secret>")
+        raise ValueError(
+            "LMFORGE_GATEWAY_BOOTSTRAP_ADMIN_KEY looks like lmf_<id>_<secret>, the id being 1-32 letters, digits or '-'"
+        )
     key_id, secret = parsed
-    async with db.sessions.begin() as session:
-        existing = (await session.execute(select(api_keys.c.key_id).where(api_keys.c.key_id == key_id))).first()
-        if existing is None:
-            await session.execute(
-                api_keys.insert().values(
-                    key_id=key_id,
-                    name=name,
-                    secret_sha256=_digest(secret),
-                    scopes=sorted(set(scopes)),
-                    created_at=datetime.now(UTC),
-                )
-            )
-    return key
+    outcome = await store.sync_bootstrap_key(
+        db, name=BOOTSTRAP_KEY_NAME, scopes=[Scope.ADMIN], key_id=key_id, secret_sha256=digest(secret)
+    )
+    log.info("bootstrap admin key", key_id=key_id, outcome=outcome)
+
+
+def _unauthorized(message: str) -> HTTPException:
+    return HTTPException(401, {"code": "unauthorized", "message": message}, headers={"WWW-Authenticate": "Bearer"})
 
 
 async def authenticate(request: Request) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
-        raise HTTPException(
-            401,
-            {"code": "unauthorized", "message": "missing API key: send Authorization: Bearer <key>"},
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise _unauthorized("missing API key: send Authorization: Bearer <key>")
     parsed = split_key(token.strip())
     db: Database = request.app.state.runtime.db
-    row = None
-    if parsed is not None:
-        async with db.sessions() as session:
-            row = (await session.execute(select(api_keys).where(api_keys.c.key_id == parsed[0]))).first()
-    if row is None or row.revoked_at is not None or not hmac.compare_digest(row.secret_sha256, _digest(parsed[1])):  # type: ignore[index]
-        raise HTTPException(
-            401,
-            {"code": "unauthorized", "message": "invalid or revoked API key"},
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    return Principal(key_id=row.key_id, name=row.name, scopes=frozenset(row.scopes))
+    key = await store.get_key(db, parsed[0]) if parsed is not None else None
+    if parsed is None or key is None or not hmac.compare_digest(key.secret_sha256, digest(parsed[1])):
+        raise _unauthorized("invalid API key")
+    # Only a caller holding the right secret learns that the key was revoked or has expired.
+    if key.revoked_at is not None:
+        raise _unauthorized("this API key was revoked")
+    now = datetime.now(UTC)
+    if key.expired(now):
+        assert key.expires_at is not None
+        raise _unauthorized(f"this API key expired at {key.expires_at.isoformat(timespec='seconds')}")
+    await store.touch_key(db, key, now)
+    return Principal(
+        key_id=key.key_id,
+        name=key.name,
+        scopes=frozenset(key.scopes),
+        requests_per_minute=key.requests_per_minute,
+        completion_tokens_per_day=key.completion_tokens_per_day,
+    )
 
 
 # Declares the scheme in OpenAPI (``securitySchemes.bearer``); ``authenticate`` does the checking.
@@ -114,10 +153,12 @@ bearer_scheme = HTTPBearer(
 
 
 async def authorize(request: Request, scope: Scope) -> Principal:
-    """The caller's key must be valid (else 401) and carry ``scope`` or ``admin`` (else 403)."""
+    """The caller's key must be valid (else 401), carry ``scope`` or ``admin`` (else 403) and be
+    under its request rate (else 429)."""
     principal = await authenticate(request)
     if scope not in principal.scopes and Scope.ADMIN not in principal.scopes:
         raise HTTPException(403, {"code": "forbidden", "message": f"this API key lacks the {scope} scope"})
+    await request.app.state.quotas.count_request(principal)
     return principal
 
 

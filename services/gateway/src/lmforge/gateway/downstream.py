@@ -4,6 +4,9 @@ Connection refused -> 503 (with Retry-After), a timeout -> 504, a downstream 5xx
 downstream 4xx passes through with its body: the caller's request was wrong, not the platform.
 What a client reads never names an internal host, path or service, and never carries a
 downstream's 5xx text: that goes to the log, under the request's trace id.
+
+Every call carries the internal credential (``LMFORGE_GATEWAY_INTERNAL__TOKEN``) and, when made
+for a client, the client's API key as ``X-Lmforge-Principal``. No header a client sent is passed on.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import httpx
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse, Response
 
-from lmforge.common.http import error_body
+from lmforge.common.http import CallerPrincipal, error_body, internal_headers
 from lmforge.common.telemetry import get_logger
 
 from .settings import GatewaySettings
@@ -25,9 +28,12 @@ log = get_logger(__name__)
 class Downstream:
     def __init__(self, settings: GatewaySettings) -> None:
         timeout = httpx.Timeout(settings.request_timeout_s, connect=settings.connect_timeout_s)
+        headers = internal_headers("gateway", settings.internal)  # refuses to start without a token
+        if not headers:
+            log.warning("calls to the services behind the gateway carry no internal credential")
         self.settings = settings
         self.clients = {
-            name: httpx.AsyncClient(base_url=url, timeout=timeout)
+            name: httpx.AsyncClient(base_url=url, timeout=timeout, headers=headers)
             for name, url in {
                 "ingest": settings.ingest_url,
                 "preprocess": settings.preprocess_url,
@@ -41,8 +47,13 @@ class Downstream:
         for client in self.clients.values():
             await client.aclose()
 
-    async def call(self, service: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """One request to ``service``; ``path`` comes from ``lmforge.common.names.url_path``."""
+    async def call(
+        self, service: str, method: str, path: str, *, principal: CallerPrincipal | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """One request to ``service``; ``path`` comes from ``lmforge.common.names.url_path``;
+        ``principal``: the API key the call is made for."""
+        if principal is not None:
+            kwargs["headers"] = {**kwargs.get("headers", {}), **principal.header()}
         try:
             resp = await self.clients[service].request(method, path, **kwargs)
         except httpx.TimeoutException as exc:
@@ -57,6 +68,14 @@ class Downstream:
                 {"code": "upstream_unavailable", "message": "a platform service is unavailable; retry"},
                 headers={"Retry-After": "5"},
             ) from exc
+        if resp.status_code == 401:
+            # The service refused the gateway's internal credential: a deployment fault, not the
+            # client's key. Passed through, it would read as "your API key is invalid".
+            log.error("a service refused the internal credential", service=service, path=path)
+            raise HTTPException(
+                502,
+                {"code": "upstream_error", "message": "a platform service failed", "reason": "internal_unauthorized"},
+            )
         if resp.status_code >= 500:
             log.warning("downstream error", service=service, path=path, status=resp.status_code, body=resp.text[:500])
             if resp.status_code == 503:
@@ -74,9 +93,11 @@ class Downstream:
             )
         return resp
 
-    async def json(self, service: str, method: str, path: str, **kwargs: Any) -> Any:
+    async def json(
+        self, service: str, method: str, path: str, *, principal: CallerPrincipal | None = None, **kwargs: Any
+    ) -> Any:
         """The JSON of a 2xx answer; a 4xx is raised as ``PassThrough``."""
-        resp = await self.call(service, method, path, **kwargs)
+        resp = await self.call(service, method, path, principal=principal, **kwargs)
         if resp.status_code >= 400:
             raise PassThrough(resp)
         try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Column, DateTime, MetaData, String, Table
+from sqlalchemy import JSON, BigInteger, Boolean, Column, DateTime, Integer, MetaData, String, Table, false
 
 metadata = MetaData()
 
@@ -15,4 +15,14 @@ api_keys = Table(
     Column("scopes", JSON, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
+    # No expiry when empty; an expired key is refused like a revoked one.
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    Column("rotated_at", DateTime(timezone=True), nullable=True),
+    # Written at most once a minute per key (auth.py), so a request costs no write.
+    Column("last_used_at", DateTime(timezone=True), nullable=True),
+    # The key from LMFORGE_GATEWAY_BOOTSTRAP_ADMIN_KEY: its lifecycle is the setting's, not the API's.
+    Column("bootstrap", Boolean, nullable=False, server_default=false()),
+    # This key's own limits; empty: the gateway's settings.
+    Column("requests_per_minute", Integer, nullable=True),
+    Column("completion_tokens_per_day", BigInteger, nullable=True),
 )

@@ -11,9 +11,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from lmforge.common.events import DeploymentState, Hyperparameters, JobState
+from lmforge.common.http import API_KEY_ID_PATTERN
 from lmforge.common.names import (
     NO_NUL_PATTERN,
     DatasetName,
@@ -265,14 +266,61 @@ class CompletionResponse(BaseModel):
 
 # --- API keys --------------------------------------------------------------------------------
 
+MAX_KEY_LIFETIME_S = 10 * 365 * 24 * 3600
+MAX_REQUESTS_PER_MINUTE = 1_000_000
+MAX_COMPLETION_TOKENS_PER_DAY = 10**12
+
+ApiKeyId = Annotated[
+    str,
+    StringConstraints(pattern=API_KEY_ID_PATTERN),
+    Field(description="An API key's id: the `<id>` in `lmf_<id>_<secret>`.", examples=["0123456789ab"]),
+]
+
 
 class ApiKeyRequest(StrictBody):
     name: str = Field(min_length=1, max_length=200, pattern=NO_NUL_PATTERN)
     scopes: list[Scope] = Field(max_length=len(Scope))
+    expires_in_s: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_KEY_LIFETIME_S,
+        description="The key expires this many seconds from now (up to 10 years); default: never.",
+    )
+    requests_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_REQUESTS_PER_MINUTE,
+        description="This key's own requests per minute; default: the gateway's.",
+    )
+    completion_tokens_per_day: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_COMPLETION_TOKENS_PER_DAY,
+        description="This key's own completion token budget per model and UTC day; default: the gateway's.",
+    )
+
+
+class ApiKey(BaseModel):
+    """An API key as listed: never its secret, nor the secret's hash."""
+
+    key_id: str
+    name: str
+    scopes: list[Scope]
+    state: Literal["active", "revoked", "expired"]
+    created_at: datetime
+    expires_at: datetime | None = Field(description="Null: the key does not expire.")
+    revoked_at: datetime | None
+    rotated_at: datetime | None = Field(description="When the key last got a new secret.")
+    last_used_at: datetime | None = Field(description="The last authenticated request, to the minute.")
+    bootstrap: bool = Field(description="The admin key from the gateway's settings: rotated or removed there.")
+    requests_per_minute: int = Field(description="The request rate that applies to this key.")
+    completion_tokens_per_day: int = Field(description="The completion token budget per model and UTC day.")
 
 
 class ApiKeyCreated(BaseModel):
+    key_id: str
     name: str
     scopes: list[Scope]
+    expires_at: datetime | None
     key: str = Field(description="Shown once; only its hash is stored.")
     note: str

@@ -13,7 +13,8 @@ class GatewaySettings(ServiceSettings):
     database: DatabaseSettings = Field(
         default_factory=lambda: DatabaseSettings(url="sqlite+aiosqlite:///var/gateway.db")
     )
-    # An admin key created (hashed) at start-up; how a new deployment gets its first key.
+    # The admin key managed by settings: created (hashed) at start-up, its hash replaced when the
+    # secret changes, revoked when the setting is removed. How a new deployment gets its first key.
     bootstrap_admin_key: SecretStr | None = None
     ingest_url: str = "http://127.0.0.1:8101"
     preprocess_url: str = "http://127.0.0.1:8102"
@@ -25,3 +26,10 @@ class GatewaySettings(ServiceSettings):
     completion_timeout_s: float = 120.0
     # Refused at the edge with 413, before the body is read into memory or forwarded.
     max_request_bytes: int = 10 * 1024 * 1024
+    # Per API key (a key may carry its own): requests per minute on every /v1 route, and
+    # completion tokens per UTC day for each model. Over either: 429 with Retry-After.
+    requests_per_minute: int = Field(default=600, ge=1)
+    completion_tokens_per_day: int = Field(default=1_000_000, ge=1)
+    # memory:// (this process only: one gateway) or redis://[:password@]host:port/db (shared by
+    # every replica; also rediss://, redis+sentinel://, redis+cluster://). Checked in quotas.py.
+    rate_limit_storage_url: str = "memory://"

@@ -29,7 +29,7 @@ def build_app(settings: InferenceSettings | None = None) -> FastAPI:
     )
     runtime.background("reconciler", reconciler.run_periodically)
     readiness = runtime.readiness() | {"triton": triton.server_ready}
-    app = create_app("inference", lifespan=runtime.lifespan, readiness=readiness)
+    app = create_app("inference", lifespan=runtime.lifespan, readiness=readiness, internal=settings.internal)
     app.state.settings, app.state.runtime, app.state.triton = settings, runtime, triton
     app.include_router(api.router)
     return app

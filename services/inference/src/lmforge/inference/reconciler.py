@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from lmforge.common.artifacts import ArtifactStore
 from lmforge.common.db import Database, OutboxRelay
 from lmforge.common.events import DeploymentResultV1, DeploymentState, Topic
+from lmforge.common.http import internal_headers
 from lmforge.common.telemetry import get_logger, tracer
 
 from .models import deployments, outbox
@@ -160,8 +161,9 @@ class Reconciler:
 
     async def sync_from_registry(self) -> bool:
         """Desired state from the registry's aliases (start-up); False if the registry is away."""
+        headers = internal_headers("inference", self.settings.internal)  # the registry is internal too
         try:
-            async with httpx.AsyncClient(base_url=self.settings.registry_url, timeout=10) as client:
+            async with httpx.AsyncClient(base_url=self.settings.registry_url, headers=headers, timeout=10) as client:
                 resp = await client.get("/models")
                 resp.raise_for_status()
                 models = resp.json()

@@ -25,7 +25,7 @@ def build_app(settings: IngestSettings | None = None) -> FastAPI:
     runtime.consume(settings.consumer_group, settings.upstream_topics, UpstreamHandler(store))
     sweeper = UnpublishedSweeper(settings, store)
     runtime.background("sweeper", sweeper.run, progress=sweeper.progress)
-    app = create_app("ingest", lifespan=runtime.lifespan, readiness=runtime.readiness())
+    app = create_app("ingest", lifespan=runtime.lifespan, readiness=runtime.readiness(), internal=settings.internal)
 
     @app.exception_handler(RecordTooLarge)
     async def _record_too_large(_: Request, exc: RecordTooLarge) -> JSONResponse:

@@ -26,7 +26,7 @@ def build_app(settings: PreprocessSettings | None = None) -> FastAPI:
     runtime.consume(
         settings.consumer_group, [Topic.RAW_DATA], RawRecordHandler(runtime.db, settings.consumer_group, runtime.relay)
     )
-    app = create_app("preprocess", lifespan=runtime.lifespan, readiness=runtime.readiness())
+    app = create_app("preprocess", lifespan=runtime.lifespan, readiness=runtime.readiness(), internal=settings.internal)
     app.state.settings, app.state.runtime = settings, runtime
     app.state.datasets = DatasetStore(runtime.db, runtime.artifacts, runtime.relay)
     app.include_router(api.router)

@@ -25,7 +25,7 @@ def build_app(settings: RegistrySettings | None = None) -> FastAPI:
         [Topic.MODEL_READY, Topic.DEPLOYMENT_EVENTS],
         RegistryHandler(runtime.db, settings, runtime.relay),
     )
-    app = create_app("registry", lifespan=runtime.lifespan, readiness=runtime.readiness())
+    app = create_app("registry", lifespan=runtime.lifespan, readiness=runtime.readiness(), internal=settings.internal)
     app.state.settings, app.state.runtime = settings, runtime
     app.include_router(api.router)
     return app

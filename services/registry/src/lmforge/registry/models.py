@@ -45,7 +45,10 @@ audit_log = Table(
     metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("at", DateTime(timezone=True), nullable=False),
+    # Who: an API key's name (with its id in actor_key_id) for moves made through the gateway, or
+    # the registry itself ("registry", "registry-gate").
     Column("actor", String(200), nullable=False),
+    Column("actor_key_id", String(32), nullable=True),
     Column("action", String(64), nullable=False),
     Column("model_name", String(200), nullable=False, index=True),
     Column("details", JSON, nullable=False),

@@ -18,9 +18,18 @@ class VersionNotFound(LookupError):
     pass
 
 
-async def audit(session: AsyncSession, actor: str, action: str, model: str, **details: Any) -> None:
+async def audit(
+    session: AsyncSession, actor: str, action: str, model: str, *, actor_key_id: str | None = None, **details: Any
+) -> None:
     await session.execute(
-        audit_log.insert().values(at=datetime.now(UTC), actor=actor, action=action, model_name=model, details=details)
+        audit_log.insert().values(
+            at=datetime.now(UTC),
+            actor=actor,
+            actor_key_id=actor_key_id,
+            action=action,
+            model_name=model,
+            details=details,
+        )
     )
 
 
@@ -42,9 +51,19 @@ async def get_version(session: AsyncSession, model: str, version: int) -> Any:
 
 
 async def move_alias(
-    session: AsyncSession, model: str, alias: str, version: int, *, actor: str, reason: str
+    session: AsyncSession,
+    model: str,
+    alias: str,
+    version: int,
+    *,
+    actor: str,
+    reason: str,
+    actor_key_id: str | None = None,
 ) -> AliasMovedV1:
-    """Point ``alias`` at ``version`` and announce it (inference deploys on the event)."""
+    """Point ``alias`` at ``version`` and announce it (inference deploys on the event).
+
+    ``actor``/``actor_key_id``: who asked, for the audit log; an API key's name and id when the
+    move came through the gateway."""
     row = await get_version(session, model, version)
     previous = await current_alias(session, model, alias)
     now = datetime.now(UTC)
@@ -65,7 +84,17 @@ async def move_alias(
         reason=reason,
     )
     await outbox.add(session, Topic.MODEL_EVENTS, event, key=model)
-    await audit(session, actor, "alias_moved", model, alias=alias, version=version, previous=previous, reason=reason)
+    await audit(
+        session,
+        actor,
+        "alias_moved",
+        model,
+        actor_key_id=actor_key_id,
+        alias=alias,
+        version=version,
+        previous=previous,
+        reason=reason,
+    )
     return event
 
 
@@ -192,4 +221,7 @@ async def audit_view(session: AsyncSession, model: str) -> list[dict[str, Any]]:
     rows = (
         await session.execute(select(audit_log).where(audit_log.c.model_name == model).order_by(audit_log.c.id))
     ).all()
-    return [{"at": r.at, "actor": r.actor, "action": r.action, "details": r.details} for r in rows]
+    return [
+        {"at": r.at, "actor": r.actor, "actor_key_id": r.actor_key_id, "action": r.action, "details": r.details}
+        for r in rows
+    ]

@@ -30,7 +30,7 @@ def build_app(settings: TrainerSettings | None = None) -> FastAPI:
         TrainingRequestHandler(runtime.db, settings.consumer_group, executor),
     )
     runtime.background("job-executor", executor.run)
-    app = create_app("trainer", lifespan=runtime.lifespan, readiness=runtime.readiness())
+    app = create_app("trainer", lifespan=runtime.lifespan, readiness=runtime.readiness(), internal=settings.internal)
     app.state.settings, app.state.runtime, app.state.executor = settings, runtime, executor
     app.include_router(api.router)
     return app
