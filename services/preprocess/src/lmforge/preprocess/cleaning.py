@@ -1,4 +1,5 @@
-"""The cleaning pipeline: HTML to text, NFKC, whitespace, PII masking, a deterministic split.
+# ruff: noqa: RUF001, RUF003  (full-width CJK punctuation is what this file is about)
+"""The cleaning pipeline: HTML to text, unicode normalisation, whitespace, PII masking, a deterministic split.
 
 Every step is a pure function of the text (or the record id), so the same record always cleans
 the same way; ``PIPELINE_CONFIG`` names the steps and its hash goes into each dataset manifest.
@@ -11,23 +12,38 @@ import html
 import json
 import re
 import unicodedata
+from dataclasses import dataclass
 from html.parser import HTMLParser
 
 from lmforge.common.events import Split
 
+from .pii import DEFAULT_MODES, PiiMasker, PiiType, Sensitivity
+
+# NFKC folds these to ASCII (，to ,); Chinese prose uses them as its punctuation, so they stay.
+# Everything else is folded: full-width letters, digits, ＠ and － become ASCII, which PII detection needs.
+KEPT_PUNCTUATION = "，：；！？（）～…"
+_KEPT = re.compile(f"([{re.escape(KEPT_PUNCTUATION)}])")
+
 PIPELINE_CONFIG = {
-    "version": 1,
-    "steps": ["strip_html", "nfkc", "mask_email", "mask_phone", "collapse_whitespace"],
+    "version": 2,
+    "steps": ["strip_html", "normalize_unicode", "collapse_whitespace", "mask_pii"],
+    "normalize_unicode": {"form": "NFKC", "kept": KEPT_PUNCTUATION},
+    "mask_pii": {"types": [t.value for t in PiiType], "modes": {t.value: m.value for t, m in DEFAULT_MODES.items()}},
     "split": {"train": 8, "val": 1, "test": 1, "by": "sha256(record_id) % 10"},
     "dedup": "exact, sha256 of cleaned text",
 }
 CONFIG_HASH = hashlib.sha256(json.dumps(PIPELINE_CONFIG, sort_keys=True).encode()).hexdigest()[:16]
 
-EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
-# International or national numbers with separators: +1 (555) 010-2030, 555-010-2030, +44 20 7946 0958.
-PHONE = re.compile(r"(?<![\w+])(?:\+?\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?|\d{2,4}[\s.-])\d{3,4}[\s.-]?\d{3,4}\b")
 WHITESPACE = re.compile(r"\s+")
 _BLOCK_TAGS = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "table", "section"}
+DEFAULT_MASKER = PiiMasker()
+
+
+@dataclass(frozen=True, slots=True)
+class CleanedText:
+    text: str
+    masked: dict[str, int]  # how many entities of each PII type were masked
+    sensitivity: Sensitivity
 
 
 class _TextExtractor(HTMLParser):
@@ -62,14 +78,19 @@ def strip_html(text: str) -> str:
     return html.unescape("".join(parser.parts))
 
 
-def clean_text(text: str) -> tuple[str, dict[str, int]]:
-    """Cleaned text and how many entities of each type were masked."""
-    out = unicodedata.normalize("NFKC", strip_html(text))
-    out, emails = EMAIL.subn("[EMAIL]", out)
-    out, phones = PHONE.subn("[PHONE]", out)
-    out = WHITESPACE.sub(" ", out).strip()
-    masked = {k: v for k, v in (("email", emails), ("phone", phones)) if v}
-    return out, masked
+def normalize_unicode(text: str) -> str:
+    """NFKC, except for the full-width punctuation in ``KEPT_PUNCTUATION``."""
+    if not _KEPT.search(text):
+        return unicodedata.normalize("NFKC", text)
+    parts = _KEPT.split(text)  # odd indexes are the kept characters
+    return "".join(p if i % 2 else unicodedata.normalize("NFKC", p) for i, p in enumerate(parts))
+
+
+def clean_text(text: str, masker: PiiMasker = DEFAULT_MASKER) -> CleanedText:
+    """The cleaned text, what was masked in it, and its sensitivity level."""
+    out = WHITESPACE.sub(" ", normalize_unicode(strip_html(text))).strip()
+    masked = masker.mask(out)
+    return CleanedText(masked.text, masked.counts, masked.sensitivity)
 
 
 def split_for(record_id: str) -> Split:

@@ -10,20 +10,23 @@ from lmforge.common.db import Database, OutboxRelay
 from lmforge.common.events import CleanedRecordV1, RawRecordV1, Topic, content_hash
 from lmforge.common.kafka import InboundMessage
 
-from .cleaning import clean_text, split_for
+from .cleaning import DEFAULT_MASKER, clean_text, split_for
 from .models import cleaned_records, dropped_records, inbox, outbox
+from .pii import PiiMasker
 
 
 class RawRecordHandler:
-    def __init__(self, db: Database, group: str, relay: OutboxRelay) -> None:
+    def __init__(self, db: Database, group: str, relay: OutboxRelay, masker: PiiMasker = DEFAULT_MASKER) -> None:
         self.db = db
         self.group = group
         self.relay = relay
+        self.masker = masker
 
     async def __call__(self, msg: InboundMessage) -> None:
         event = msg.event(RawRecordV1)
         raw: RawRecordV1 = event.data
-        text, masked = clean_text(raw.text)
+        cleaned_text = clean_text(raw.text, self.masker)
+        text, masked = cleaned_text.text, cleaned_text.masked
         digest = content_hash(text)
         now = datetime.now(UTC)
         async with self.db.sessions.begin() as session:

@@ -1,8 +1,20 @@
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import BaseModel, Field, SecretStr
 
 from lmforge.common.settings import DatabaseSettings, HttpSettings, ServiceSettings, service_config
+
+
+class PiiSettings(BaseModel):
+    """PII masking (docs/curation.md, "PII").
+
+    ``pseudonym_key`` keys the HMAC behind consistent pseudonyms (``[PHONE_3f9a1c2d]``): at least
+    32 characters (`openssl rand -hex 32`), the same for every replica, and kept secret, since
+    anyone holding it can test a guessed phone number against a token. Only masking modes that
+    use pseudonyms need it; the default modes are typed placeholders.
+    """
+
+    pseudonym_key: SecretStr | None = None
 
 
 class PreprocessSettings(ServiceSettings):
@@ -14,3 +26,4 @@ class PreprocessSettings(ServiceSettings):
         default_factory=lambda: DatabaseSettings(url="sqlite+aiosqlite:///var/preprocess.db")
     )
     consumer_group: str = "lmforge-preprocess"
+    pii: PiiSettings = Field(default_factory=PiiSettings)
