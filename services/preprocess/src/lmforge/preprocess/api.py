@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, HTTPException, Request
+from fastapi import APIRouter, Body, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmforge.common.http import error_responses
@@ -59,6 +59,25 @@ class DatasetManifest(BaseModel):
     source_offsets: dict[str, dict[str, int]]
     shards: dict[str, str]
     records: list[ManifestRecord]
+    dropped: dict[str, int] = Field(
+        default_factory=dict, description="Records dropped when the version was cut, per reason (newer versions)."
+    )
+
+
+DropReason = Literal["duplicate", "near_duplicate", "empty"]
+
+
+class DroppedRecord(BaseModel):
+    """A record that is not in any dataset version, and why."""
+
+    raw_event_id: str
+    record_id: str
+    reason: str = Field(description="duplicate, near_duplicate or empty")
+    duplicate_of: str | None = Field(description="The kept record this one duplicates.")
+    operator: str | None = Field(description="The operator that dropped it (null for rows older than the field).")
+    measured: float | None = Field(description="What the operator measured: the similarity for (near-)duplicates.")
+    threshold: float | None = Field(description="The threshold the measured value was held to.")
+    created_at: datetime
 
 
 class PipelineStats(BaseModel):
@@ -105,6 +124,18 @@ async def get_version(request: Request, name: DatasetName, version: VersionNumbe
         if v["version"] == version:
             return store.manifest(v["manifest_uri"])
     raise HTTPException(404, {"code": "dataset_version_not_found", "message": f"no version {version} of {name}"})
+
+
+@router.get("/dropped", response_model=list[DroppedRecord])
+async def list_dropped(
+    request: Request,
+    reason: DropReason | None = None,
+    record_id: Annotated[str | None, Query(min_length=1, max_length=401)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> Any:
+    """Dropped records, oldest first: by reason, or every drop of one record id."""
+    return await _store(request).dropped(reason, record_id, limit, offset)
 
 
 @router.get("/stats", response_model=PipelineStats)

@@ -4,23 +4,39 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from lmforge.common.db import Database, OutboxRelay
 from lmforge.common.events import CleanedRecordV1, RawRecordV1, Topic, content_hash
 from lmforge.common.kafka import InboundMessage
 
 from .cleaning import DEFAULT_MASKER, clean_text, split_for
-from .models import cleaned_records, dropped_records, inbox, outbox
+from .models import cleaned_records, dropped_records, inbox, near_dup_bands, outbox
+from .near_dup import OPERATOR as NEAR_DUP_OPERATOR
+from .near_dup import NearDuplicate, NearDuplicateIndex
 from .pii import PiiMasker
 
 
 class RawRecordHandler:
-    def __init__(self, db: Database, group: str, relay: OutboxRelay, masker: PiiMasker = DEFAULT_MASKER) -> None:
+    """One transaction per record: inbox claim, then the record kept or dropped with its reason.
+
+    ``near_dups`` is the near-duplicate index (None: only exact duplicates are dropped).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        group: str,
+        relay: OutboxRelay,
+        masker: PiiMasker = DEFAULT_MASKER,
+        near_dups: NearDuplicateIndex | None = None,
+    ) -> None:
         self.db = db
         self.group = group
         self.relay = relay
         self.masker = masker
+        self.near_dups = near_dups
 
     async def __call__(self, msg: InboundMessage) -> None:
         event = msg.event(RawRecordV1)
@@ -28,6 +44,7 @@ class RawRecordHandler:
         cleaned_text = clean_text(raw.text, self.masker)
         text, masked = cleaned_text.text, cleaned_text.masked
         digest = content_hash(text)
+        fingerprint = self.near_dups.fingerprint(text) if self.near_dups is not None and text else None
         now = datetime.now(UTC)
         async with self.db.sessions.begin() as session:
             if not await inbox.claim(session, self.group, event.id):
@@ -35,7 +52,13 @@ class RawRecordHandler:
             if not text:
                 await session.execute(
                     dropped_records.insert().values(
-                        raw_event_id=event.id, record_id=raw.record_id, reason="empty", created_at=now
+                        raw_event_id=event.id,
+                        record_id=raw.record_id,
+                        reason="empty",
+                        operator="clean_text",
+                        measured=0.0,  # characters left after cleaning
+                        threshold=1.0,
+                        created_at=now,
                     )
                 )
                 return
@@ -51,13 +74,25 @@ class RawRecordHandler:
                         record_id=raw.record_id,
                         reason="duplicate",
                         duplicate_of=original,
+                        operator="exact_dedup",
+                        measured=1.0,
+                        threshold=1.0,
                         created_at=now,
                     )
                 )
                 return
+            checked: set[int] = set()
+            if fingerprint is not None:
+                assert self.near_dups is not None
+                near, checked = await self.near_dups.find(session, fingerprint, raw.record_id)
+                if near is not None:
+                    await self._drop_near_duplicate(session, event.id, raw.record_id, near, now)
+                    return
             split = split_for(raw.record_id)
-            await session.execute(
-                cleaned_records.insert().values(
+            inserted = await session.execute(
+                cleaned_records.insert()
+                .returning(cleaned_records.c.id)
+                .values(
                     record_id=raw.record_id,
                     raw_event_id=event.id,
                     content_hash=digest,
@@ -71,8 +106,18 @@ class RawRecordHandler:
                     source_partition=msg.partition,
                     source_offset=msg.offset,
                     created_at=now,
+                    minhash=fingerprint.signature if fingerprint is not None else None,
                 )
             )
+            cleaned_id = int(inserted.scalar_one())
+            if fingerprint is not None:
+                assert self.near_dups is not None
+                near = await self.near_dups.add(session, fingerprint, cleaned_id, raw.record_id, checked)
+                if near is not None:  # a concurrent replica kept a near-duplicate first
+                    await session.execute(delete(near_dup_bands).where(near_dup_bands.c.cleaned_id == cleaned_id))
+                    await session.execute(delete(cleaned_records).where(cleaned_records.c.id == cleaned_id))
+                    await self._drop_near_duplicate(session, event.id, raw.record_id, near, now)
+                    return
             cleaned = CleanedRecordV1(
                 record_id=raw.record_id,
                 source=raw.source,
@@ -87,3 +132,20 @@ class RawRecordHandler:
             )
             await outbox.add(session, Topic.CLEANED_DATA, cleaned, key=raw.record_id, subject=raw.record_id)
         self.relay.wake()
+
+    async def _drop_near_duplicate(
+        self, session: AsyncSession, event_id: str, record_id: str, near: NearDuplicate, now: datetime
+    ) -> None:
+        assert self.near_dups is not None
+        await session.execute(
+            dropped_records.insert().values(
+                raw_event_id=event_id,
+                record_id=record_id,
+                reason="near_duplicate",
+                duplicate_of=near.record_id,
+                operator=NEAR_DUP_OPERATOR,
+                measured=near.similarity,
+                threshold=self.near_dups.threshold,
+                created_at=now,
+            )
+        )

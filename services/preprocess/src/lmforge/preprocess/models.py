@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Integer, MetaData, String, Table, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
 
 from lmforge.common.db import Inbox, Outbox
 
@@ -30,6 +47,22 @@ cleaned_records = Table(
     Column("source_partition", Integer, nullable=False),
     Column("source_offset", BigInteger, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # The record's MinHash signature (near_dup.py): uint32 little-endian, one per permutation.
+    # Null for records cleaned before the near-duplicate index existed, or with it switched off.
+    Column("minhash", LargeBinary, nullable=True),
+)
+
+# The near-duplicate LSH index (near_dup.py, docs/curation.md "Near-duplicates"): one row per
+# (band, band hash), owned by the first surviving record that had it. The primary key is what
+# arbitrates between replicas: a second transaction inserting the same band row waits for the
+# first to finish, then sees the conflict and re-checks against the owner.
+near_dup_bands = Table(
+    "near_dup_bands",
+    metadata,
+    Column("band", SmallInteger, nullable=False),
+    Column("band_hash", BigInteger, nullable=False),
+    Column("cleaned_id", _id, ForeignKey("cleaned_records.id", ondelete="CASCADE"), nullable=False, index=True),
+    PrimaryKeyConstraint("band", "band_hash", name="pk_near_dup_bands"),
 )
 
 dropped_records = Table(
@@ -37,9 +70,15 @@ dropped_records = Table(
     metadata,
     Column("raw_event_id", String(64), primary_key=True),
     Column("record_id", String(401), nullable=False),
-    Column("reason", String(32), nullable=False),  # "duplicate" or "empty"
+    Column("reason", String(32), nullable=False),  # "duplicate", "near_duplicate" or "empty"
     Column("duplicate_of", String(401), nullable=True),
+    # Which operator dropped it, what it measured and the threshold it was held to (null for rows
+    # dropped before these columns existed).
+    Column("operator", String(64), nullable=True),
+    Column("measured", Float, nullable=True),
+    Column("threshold", Float, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_dropped_records_reason_created_at", "reason", "created_at"),  # GET /dropped?reason=
 )
 
 # A version number is claimed first (state "pending", unique per dataset), then its files are

@@ -17,6 +17,19 @@ class PiiSettings(BaseModel):
     pseudonym_key: SecretStr | None = None
 
 
+class NearDupSettings(BaseModel):
+    """Near-duplicate detection (docs/curation.md, "Near-duplicates").
+
+    A record whose cleaned text has a character 5-gram Jaccard similarity of at least ``threshold``
+    with a record kept before it is dropped as a near-duplicate of that record. 0.9 keeps apart
+    tickets that share a template and differ in one field (the demo corpus's closest pair is 0.895);
+    the LSH banding is derived from it. Every replica must use the same threshold.
+    """
+
+    enabled: bool = True
+    threshold: float = Field(default=0.9, ge=0.5, le=1.0)
+
+
 class PreprocessSettings(ServiceSettings):
     model_config = service_config("preprocess")
 
@@ -27,3 +40,4 @@ class PreprocessSettings(ServiceSettings):
     )
     consumer_group: str = "lmforge-preprocess"
     pii: PiiSettings = Field(default_factory=PiiSettings)
+    near_dup: NearDupSettings = Field(default_factory=NearDupSettings)

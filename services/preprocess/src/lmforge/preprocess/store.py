@@ -11,7 +11,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from lmforge.common.artifacts import ArtifactStore
@@ -21,6 +21,9 @@ from lmforge.common.telemetry import inject_context
 
 from .cleaning import CONFIG_HASH, PIPELINE_CONFIG
 from .models import cleaned_records, dataset_versions, dropped_records, outbox
+from .near_dup import NearDuplicateIndex
+
+DROP_REASONS = ("duplicate", "near_duplicate", "empty")
 
 
 class EmptyDataset(ValueError):
@@ -32,10 +35,13 @@ class VersionContention(RuntimeError):
 
 
 class DatasetStore:
-    def __init__(self, db: Database, artifacts: ArtifactStore, relay: OutboxRelay) -> None:
+    def __init__(
+        self, db: Database, artifacts: ArtifactStore, relay: OutboxRelay, near_dups: NearDuplicateIndex | None = None
+    ) -> None:
         self.db = db
         self.artifacts = artifacts
         self.relay = relay
+        self.near_dups = near_dups  # named in each manifest: the parameters the records were kept under
         self.claim_attempts = 20
 
     async def create_version(self, dataset: str, sources: list[str] | None = None) -> dict[str, Any]:
@@ -63,9 +69,15 @@ class DatasetStore:
         query = select(*columns).order_by(t.c.id)
         if sources:
             query = query.where(t.c.source.in_(sources))
+        drops = select(dropped_records.c.reason, func.count()).group_by(dropped_records.c.reason)
+        if sources:
+            drops = drops.where(
+                or_(*(dropped_records.c.record_id.startswith(f"{s}:", autoescape=True) for s in sources))
+            )
         async with self.db.sessions() as session:
             every = (await session.execute(query)).all()
             latest = set((await session.execute(newest)).scalars())
+            dropped = {reason: 0 for reason in DROP_REASONS} | {r: n for r, n in (await session.execute(drops)).all()}
         rows = [r for r in every if r.id in latest]
         superseded = [{"record_id": r.record_id, "content_hash": r.content_hash} for r in every if r.id not in latest]
         if not rows:
@@ -73,7 +85,9 @@ class DatasetStore:
         split_counts = {s.value: 0 for s in Split} | dict(Counter(r.split for r in rows))
         version = await self._claim_version(dataset, len(rows), split_counts)
         try:
-            manifest = await asyncio.to_thread(self._write_version, dataset, version, rows, superseded, split_counts)
+            manifest = await asyncio.to_thread(
+                self._write_version, dataset, version, rows, superseded, split_counts, dropped
+            )
         except BaseException:
             async with self.db.sessions.begin() as session:  # give the number back: nothing was announced
                 await session.execute(
@@ -145,6 +159,7 @@ class DatasetStore:
         rows: list[Any],
         superseded: list[dict[str, str]],
         split_counts: dict[str, int],
+        dropped: dict[str, int],
     ) -> dict[str, Any]:
         """Write the shards and the manifest under the claimed version (files nobody else writes)."""
         prefix = f"datasets/{dataset}/v{version}"
@@ -180,6 +195,9 @@ class DatasetStore:
             "records": [{"record_id": r.record_id, "content_hash": r.content_hash, "split": r.split} for r in rows],
             # Older versions of records edited upstream: not in this version, kept for lineage.
             "superseded": superseded,
+            # Records dropped so far (of these sources), per reason: "duplicate", "near_duplicate", "empty".
+            "dropped": dropped,
+            "near_dup": self.near_dups.parameters() if self.near_dups is not None else None,
             # The trace that cut this version: training runs link to it (a fan-in, not a parent).
             "trace": dict((k, v.decode()) for k, v in inject_context([])),
         }
@@ -209,3 +227,17 @@ class DatasetStore:
                 await session.execute(select(dropped_records.c.reason, func.count()).group_by(dropped_records.c.reason))
             ).all()
         return {"cleaned": cleaned, "dropped": {reason: n for reason, n in dropped}}
+
+    async def dropped(
+        self, reason: str | None = None, record_id: str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[dict[str, Any]]:
+        """Dropped records, oldest first, with the operator, measured value and threshold."""
+        t = dropped_records
+        query = select(t).order_by(t.c.created_at, t.c.raw_event_id).limit(limit).offset(offset)
+        if reason:
+            query = query.where(t.c.reason == reason)
+        if record_id:
+            query = query.where(t.c.record_id == record_id)
+        async with self.db.sessions() as session:
+            rows = (await session.execute(query)).mappings().all()
+        return [dict(row) for row in rows]

@@ -1,0 +1,176 @@
+"""Near-duplicates across the stream: MinHash signatures, LSH band rows in the database, and each
+candidate verified by the exact Jaccard similarity of the two texts' shingle sets.
+
+Every new record is compared with every record kept before it (not only those of its batch), so
+the index lives in the service's database and survives restarts. See docs/curation.md,
+"Near-duplicates", for the parameters, the race between replicas and determinism.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from datasketch import MinHash
+from sqlalchemy import select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from lmforge.common.db import insert_ignoring_conflicts
+
+from .models import cleaned_records, near_dup_bands
+
+NUM_PERM = 128
+SHINGLE_SIZE = 5
+SEED = 1
+SCHEME = "affine32"  # pinned, so a datasketch upgrade cannot silently change every signature
+RECALL_AT_THRESHOLD = 0.95
+OPERATOR = "minhash_lsh"
+
+BandKey = tuple[int, int]
+
+
+def shingles(text: str, size: int = SHINGLE_SIZE) -> set[str]:
+    """Character n-grams of the case-folded text with whitespace collapsed: no word splitting, so
+    Chinese (written without spaces) and English are shingled the same way."""
+    norm = " ".join(text.casefold().split())
+    if len(norm) <= size:
+        return {norm} if norm else set()
+    return {norm[i : i + size] for i in range(len(norm) - size + 1)}
+
+
+def jaccard(a: set[str], b: set[str]) -> float:
+    if not a and not b:
+        return 1.0
+    return len(a & b) / len(a | b)
+
+
+def band_shape(threshold: float, num_perm: int = NUM_PERM, recall: float = RECALL_AT_THRESHOLD) -> tuple[int, int]:
+    """(bands, rows per band): the most rows per band (the fewest false candidates) for which a pair
+    with exactly ``threshold`` Jaccard similarity still shares a band with probability ``recall``.
+
+    A pair of similarity s shares at least one band with probability 1 - (1 - s**r)**b. False
+    candidates cost one exact verification; a missed pair is a near-duplicate kept, so the choice
+    leans towards recall. For 0.9 and 128 permutations: 10 bands of 12 rows (0.963 at 0.9).
+    """
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold must be in (0, 1], not {threshold}")
+    for rows in range(num_perm, 0, -1):
+        bands = num_perm // rows
+        if 1.0 - (1.0 - threshold**rows) ** bands >= recall:
+            return bands, rows
+    return num_perm, 1
+
+
+def candidate_probability(similarity: float, bands: int, rows: int) -> float:
+    return float(1.0 - (1.0 - similarity**rows) ** bands)
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What the index needs of one cleaned text: its shingles, MinHash signature and band keys."""
+
+    shingles: set[str]
+    signature: bytes
+    bands: list[BandKey]
+
+
+@dataclass(frozen=True)
+class NearDuplicate:
+    cleaned_id: int
+    record_id: str
+    similarity: float
+
+
+class NearDuplicateIndex:
+    """The LSH index over ``cleaned_records``, kept in ``near_dup_bands``.
+
+    Stateless apart from its parameters: every lookup reads the database, so a new index object
+    (a restarted replica, another replica) sees every record kept before.
+    """
+
+    def __init__(self, threshold: float = 0.9, num_perm: int = NUM_PERM, shingle_size: int = SHINGLE_SIZE) -> None:
+        self.threshold = threshold
+        self.num_perm = num_perm
+        self.shingle_size = shingle_size
+        self.bands, self.rows = band_shape(threshold, num_perm)
+        self._permutations = MinHash(num_perm=num_perm, seed=SEED, scheme=SCHEME).permutations
+        # Band hashes are salted with the banding, so rows written under another threshold never match.
+        self._salt = f"lsh:{num_perm}:{self.bands}x{self.rows}:{shingle_size}".encode()
+
+    def parameters(self) -> dict[str, Any]:
+        return {
+            "operator": OPERATOR,
+            "threshold": self.threshold,
+            "shingles": f"char {self.shingle_size}-grams, case-folded",
+            "num_perm": self.num_perm,
+            "bands": self.bands,
+            "rows": self.rows,
+            "seed": SEED,
+            "scheme": SCHEME,
+            "verification": "exact Jaccard of shingle sets",
+        }
+
+    def fingerprint(self, text: str) -> Fingerprint:
+        grams = shingles(text, self.shingle_size)
+        mh = MinHash(num_perm=self.num_perm, seed=SEED, scheme=SCHEME, permutations=self._permutations)
+        mh.update_batch([g.encode() for g in sorted(grams)])
+        values = np.asarray(mh.hashvalues, dtype="<u4")
+        keys = []
+        for band in range(self.bands):
+            chunk = values[band * self.rows : (band + 1) * self.rows].tobytes()
+            digest = hashlib.blake2b(chunk, digest_size=8, key=self._salt[:64]).digest()
+            keys.append((band, int.from_bytes(digest, "big", signed=True)))
+        return Fingerprint(grams, values.tobytes(), keys)
+
+    async def find(
+        self,
+        session: AsyncSession,
+        fp: Fingerprint,
+        record_id: str,
+        bands: Sequence[BandKey] | None = None,
+        skip: Iterable[int] = (),
+    ) -> tuple[NearDuplicate | None, set[int]]:
+        """The first-kept record (lowest id) sharing a band with ``fp`` whose exact Jaccard
+        similarity reaches the threshold, and the ids checked. An older version of the same record
+        (an upstream edit) is never its duplicate: the edit supersedes it."""
+        keys = list(bands if bands is not None else fp.bands)
+        if not keys:
+            return None, set()
+        t = cleaned_records
+        owners = select(near_dup_bands.c.cleaned_id).where(
+            tuple_(near_dup_bands.c.band, near_dup_bands.c.band_hash).in_(keys)
+        )
+        skipped = set(skip)
+        rows = (
+            await session.execute(select(t.c.id, t.c.record_id, t.c.text).where(t.c.id.in_(owners)).order_by(t.c.id))
+        ).all()
+        checked: set[int] = set()
+        for row in rows:
+            if row.id in skipped or row.record_id == record_id:
+                continue
+            checked.add(row.id)
+            similarity = jaccard(fp.shingles, shingles(row.text, self.shingle_size))
+            if similarity >= self.threshold:
+                return NearDuplicate(row.id, row.record_id, similarity), checked
+        return None, checked
+
+    async def add(
+        self, session: AsyncSession, fp: Fingerprint, cleaned_id: int, record_id: str, checked: set[int]
+    ) -> NearDuplicate | None:
+        """Insert the kept record's band rows (``ON CONFLICT DO NOTHING``), then re-check the owners
+        of the rows that were already taken. On PostgreSQL the insert of a row that a concurrent,
+        uncommitted transaction holds waits for it; once it commits, the conflict shows here and the
+        re-check (a new statement, so a new READ COMMITTED snapshot) sees its record. A duplicate
+        found this way is returned and the caller drops the record (and its band rows)."""
+        rows = [{"band": b, "band_hash": h, "cleaned_id": cleaned_id} for b, h in fp.bands]
+        dialect = session.get_bind().dialect.name
+        stmt = insert_ignoring_conflicts(dialect, near_dup_bands, rows).returning(near_dup_bands.c.band)
+        inserted = set((await session.execute(stmt)).scalars())
+        taken = [key for key in fp.bands if key[0] not in inserted]
+        if not taken:
+            return None
+        found, _ = await self.find(session, fp, record_id, bands=taken, skip=checked | {cleaned_id})
+        return found
