@@ -98,11 +98,15 @@ class DatasetManifest(DatasetVersion):
     superseded: list[SupersededRecord] = Field(
         default_factory=list, description="Older texts of records edited upstream: not in this version."
     )
+    dropped: dict[str, int] = Field(
+        default_factory=dict,
+        description="Records dropped by the pipeline, by reason (duplicate, near_duplicate, empty).",
+    )
 
 
 class PipelineStats(BaseModel):
     cleaned: int = Field(ge=0)
-    dropped: dict[str, int] = Field(description="reason (duplicate, empty) -> count")
+    dropped: dict[str, int] = Field(description="reason (duplicate, near_duplicate, empty) -> count")
 
 
 # --- training --------------------------------------------------------------------------------
