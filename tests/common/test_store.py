@@ -85,6 +85,37 @@ async def test_outbox_relay_publishes_exactly_the_committed_rows(
     assert pending == 0
 
 
+async def test_outbox_relay_sends_a_batch_and_one_refused_row_hides_no_other_ack(
+    database: Database, schema: tuple[Inbox, Outbox], kafka_settings: KafkaSettings, unique: str
+) -> None:
+    """The relay queues a pass's rows together; a row the broker refuses (here: over the
+    producer's max_request_size) stays unpublished, while the rows around it are marked."""
+    _, outbox = schema
+    topic = f"outbox-batch-{unique}"
+    from lmforge.common.kafka import ensure_topics
+
+    await ensure_topics(kafka_settings, [topic])
+    async with database.sessions.begin() as s:
+        for i in range(5):
+            await outbox.add(s, topic, raw_record(f"r{i}"), key=f"crm:r{i}")
+        await outbox.add(s, topic, raw_record("huge", text="x" * 2 * 1024 * 1024), key="crm:huge")
+        for i in range(5, 10):
+            await outbox.add(s, topic, raw_record(f"r{i}"), key=f"crm:r{i}")
+
+    async with EventProducer(kafka_settings, source="lmforge/tests") as producer:
+        relay = OutboxRelay(outbox, database.sessions, producer)
+        assert await relay.publish_pending() == 10
+        assert relay.progress.waiting == 1, "the refused row still waits"
+
+    records = await read_topic(kafka_settings.bootstrap_servers, topic, expected=10)
+    events = [decode_event(r.headers, r.value, RawRecordV1) for r in records]
+    assert sorted(e.data.source_id for e in events) == sorted(f"r{i}" for i in range(10))
+    async with database.sessions() as s:
+        t = outbox.table
+        left = (await s.execute(select(t.c.key).where(t.c.published_at.is_(None)))).scalars().all()
+    assert left == ["crm:huge"]
+
+
 async def test_outbox_row_carries_trace_context(
     database: Database, schema: tuple[Inbox, Outbox], span_exporter: object
 ) -> None:

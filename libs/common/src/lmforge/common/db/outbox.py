@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
-from opentelemetry.trace import SpanKind
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -31,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .. import metrics
 from ..events import Event, EventPayload
-from ..kafka.producer import EventProducer
+from ..kafka.producer import EventProducer, RawMessage
 from ..redaction import describe_error
 from ..supervisor import Progress
 from ..telemetry import extract_context, get_logger, inject_context, tracer
@@ -124,37 +127,59 @@ class OutboxRelay:
             ).all()
             metrics.outbox_pending.set(len(rows))
             self.progress.backlog(len(rows))
-            published: list[int] = []
-            try:
-                for row in rows:
-                    await self._publish_row(row.topic, row.key, row.value, json.loads(row.headers))
-                    published.append(row.id)
-                    metrics.outbox_published.labels(row.topic).inc()
-            finally:
-                # Mark what the broker acknowledged, even if a later row failed.
-                if published:
-                    await session.execute(update(t).where(t.c.id.in_(published)).values(published_at=datetime.now(UTC)))
+            published = await self._publish_rows(rows)
+            # Mark what the broker acknowledged, even if another row failed.
+            if published:
+                await session.execute(update(t).where(t.c.id.in_(published)).values(published_at=datetime.now(UTC)))
         if published:
             self.progress.advanced()
             self.progress.backlog(len(rows) - len(published))
         return len(published)
 
-    async def _publish_row(self, topic: str, key: str, value: bytes, stored: list[list[str]]) -> None:
-        """Publish under a span whose parent is the context of the transaction that wrote the row."""
-        headers = [(k, v.encode()) for k, v in stored]
-        trace_free = [(k, v) for k, v in headers if k not in _TRACE_HEADERS]
-        with tracer().start_as_current_span(
-            f"{topic} publish",
-            context=extract_context(headers),
-            kind=SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "kafka",
-                "messaging.destination.name": topic,
-                "messaging.message.id": dict(stored).get("ce_id", ""),
-                "lmforge.outbox": True,
-            },
-        ):
-            await self.producer.send_raw(topic, value, key=key.encode(), headers=inject_context(trace_free))
+    async def _publish_rows(self, rows: Sequence[Any]) -> list[int]:
+        """Publish rows as one batch (every send queued before any ack is awaited), each under a
+        span whose parent is the context of the transaction that wrote it. Returns the ids the
+        broker acknowledged; the first failure is raised after those are known, so they are marked.
+
+        A row whose send failed is published again on a later pass, possibly after a newer row of
+        the same key that succeeded in this one: consumers are idempotent by event id, not by order
+        across a failure."""
+        spans = []
+        messages = []
+        for row in rows:
+            stored = json.loads(row.headers)
+            headers = [(k, v.encode()) for k, v in stored]
+            span = tracer().start_span(
+                f"{row.topic} publish",
+                context=extract_context(headers),
+                kind=SpanKind.PRODUCER,
+                attributes={
+                    "messaging.system": "kafka",
+                    "messaging.destination.name": row.topic,
+                    "messaging.message.id": dict(stored).get("ce_id", ""),
+                    "lmforge.outbox": True,
+                },
+            )
+            with trace.use_span(span, end_on_exit=False):
+                trace_free = [(k, v) for k, v in headers if k not in _TRACE_HEADERS]
+                messages.append(RawMessage(row.topic, row.value, row.key.encode(), inject_context(trace_free)))
+            spans.append(span)
+        outcomes = await self.producer.send_raw_many(messages)
+        published: list[int] = []
+        failure: Exception | None = None
+        for row, span, outcome in zip(rows, spans, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                span.set_status(StatusCode.ERROR, describe_error(outcome))
+                failure = failure or outcome
+            else:
+                published.append(row.id)
+                metrics.outbox_published.labels(row.topic).inc()
+            span.end()
+        if failure is not None and not published:
+            raise failure
+        if failure is not None:
+            log.warning("outbox relay: some rows not acknowledged, will retry", error=describe_error(failure))
+        return published
 
     async def run(self) -> None:
         """Publish committed rows until stopped. A failed pass (broker away, database error) is

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
@@ -53,6 +54,16 @@ def _send_failed(topic: str, exc: BaseException) -> Exception:
     if isinstance(exc, _PERMANENT):
         return PublishRejected(f"the broker refused a write to {topic}: {type(exc).__name__}: {exc}")
     return BrokerUnavailable(f"send to {topic} failed: {exc}")
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    """Pre-built bytes and headers for ``send_raw_many`` (outbox rows, replays)."""
+
+    topic: str
+    value: bytes | None
+    key: bytes | None
+    headers: Headers
 
 
 class EventProducer:
@@ -177,3 +188,43 @@ class EventProducer:
             raise _send_failed(topic, exc) from exc
         metrics.producer_sent.labels(topic).inc()
         return result
+
+    async def send_raw_many(self, messages: Sequence[RawMessage]) -> list[RecordMetadata | Exception]:
+        """Queue every message before awaiting any ack, so they share broker batches, then wait.
+
+        Returns one outcome per message, in order: its ``RecordMetadata``, or the
+        ``BrokerUnavailable``/``PublishRejected`` it failed with (one failure never hides the
+        others' acks). Messages of one partition keep their order on the wire.
+        """
+        producer = self._require()
+        outcomes: list[RecordMetadata | Exception | None] = [None] * len(messages)
+        pending: list[tuple[int, asyncio.Future[RecordMetadata]]] = []
+        try:
+            async with asyncio.timeout(self.settings.publish_timeout_s):
+                for i, m in enumerate(messages):
+                    try:
+                        pending.append((i, await producer.send(m.topic, value=m.value, key=m.key, headers=m.headers)))
+                    except KafkaError as exc:
+                        outcomes[i] = _send_failed(m.topic, exc)
+                results = await asyncio.gather(*(f for _, f in pending), return_exceptions=True)
+                for (i, _), result in zip(pending, results, strict=True):
+                    if isinstance(result, KafkaError):
+                        outcomes[i] = _send_failed(messages[i].topic, result)
+                    elif isinstance(result, BaseException):
+                        outcomes[i] = BrokerUnavailable(f"send to {messages[i].topic} failed: {result!r}")
+                    else:
+                        outcomes[i] = result
+        except TimeoutError:
+            pass  # whatever has no outcome yet was not acknowledged in time
+        final: list[RecordMetadata | Exception] = []
+        for m, outcome in zip(messages, outcomes, strict=True):
+            if outcome is None:
+                outcome = BrokerUnavailable(
+                    f"the broker did not acknowledge a write to {m.topic} within {self.settings.publish_timeout_s:.0f}s"
+                )
+            if isinstance(outcome, Exception):
+                metrics.producer_errors.labels(m.topic).inc()
+            else:
+                metrics.producer_sent.labels(m.topic).inc()
+            final.append(outcome)
+        return final
