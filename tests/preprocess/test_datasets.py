@@ -82,3 +82,19 @@ async def test_an_edited_record_supersedes_its_older_text(database: Database, tm
     assert [r["record_id"] for r in after["records"]].count("crm:T-1") == 1
     assert after["record_count"] == 2
     assert after["superseded"] == [{"record_id": "crm:T-1", "content_hash": content_hash(old)}]
+
+
+async def test_a_version_reports_what_was_masked_and_each_records_sensitivity(
+    database: Database, tmp_path: Path
+) -> None:
+    store, handle = await _setup(database, tmp_path)
+    await handle(_message(0, "T-1", "T-1: my card 6222 0212 3456 7890 128 was charged twice, call 13812345678"))
+    await handle(_message(1, "T-2", "T-2: please write to zhang.wei@example.com about the delivery"))
+    await handle(_message(2, "T-3", "T-3: the app crashes when I upload a photo"))
+    manifest = store.manifest((await store.create_version("tickets"))["manifest_uri"])
+    texts = _texts(store, manifest)
+    assert "6222" not in texts["crm:T-1"] and "13812345678" not in texts["crm:T-1"]
+    assert manifest["masked"] == {"bank_card": 1, "phone": 1, "email": 1}
+    assert manifest["sensitivity"] == {"none": 1, "low": 1, "high": 1}
+    levels = {r["record_id"]: r["sensitivity"] for r in manifest["records"]}
+    assert levels == {"crm:T-1": "high", "crm:T-2": "low", "crm:T-3": "none"}

@@ -142,6 +142,8 @@ def run_demo(
             f"3. dataset version support-tickets v{dataset['version']}: {dataset['record_count']} records, "
             f"splits {dataset['split_counts']}"
         )
+        manifest = api.get(f"/v1/datasets/support-tickets/versions/{dataset['version']}").json()
+        say(f"   masked: {manifest['masked']}; records by sensitivity: {manifest['sensitivity']}")
         resp = api.post(
             "/v1/training-jobs",
             json={

@@ -80,6 +80,7 @@ class ManifestRecord(BaseModel):
     record_id: str
     content_hash: str
     split: str
+    sensitivity: str | None = Field(default=None, description="none, low or high: the personal data masked in it.")
 
 
 class SupersededRecord(BaseModel):
@@ -101,6 +102,12 @@ class DatasetManifest(DatasetVersion):
     dropped: dict[str, int] = Field(
         default_factory=dict,
         description="Records dropped by the pipeline, by reason (duplicate, near_duplicate, empty).",
+    )
+    masked: dict[str, int] = Field(
+        default_factory=dict, description="Personal data masked, by type (email, phone, ...)."
+    )
+    sensitivity: dict[str, int] = Field(
+        default_factory=dict, description="Records by sensitivity level (none, low, high): the highest found in each."
     )
 
 

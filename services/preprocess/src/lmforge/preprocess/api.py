@@ -41,6 +41,9 @@ class ManifestRecord(BaseModel):
     record_id: str
     content_hash: str
     split: str
+    sensitivity: Literal["none", "low", "high"] | None = Field(
+        default=None, description="The highest sensitivity of the personal data masked in it (newer versions)."
+    )
 
 
 class DatasetManifest(BaseModel):
@@ -61,6 +64,10 @@ class DatasetManifest(BaseModel):
     records: list[ManifestRecord]
     dropped: dict[str, int] = Field(
         default_factory=dict, description="Records dropped when the version was cut, per reason (newer versions)."
+    )
+    masked: dict[str, int] = Field(default_factory=dict, description="Personal data masked, by type (newer versions).")
+    sensitivity: dict[str, int] = Field(
+        default_factory=dict, description="Records by sensitivity level: none, low, high (newer versions)."
     )
 
 

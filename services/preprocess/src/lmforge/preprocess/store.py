@@ -22,6 +22,7 @@ from lmforge.common.telemetry import inject_context
 from .cleaning import CONFIG_HASH, PIPELINE_CONFIG
 from .models import cleaned_records, dataset_versions, dropped_records, outbox
 from .near_dup import NearDuplicateIndex
+from .pii import PiiType, Sensitivity, sensitivity_of
 
 DROP_REASONS = ("duplicate", "near_duplicate", "empty")
 
@@ -65,6 +66,7 @@ class DatasetStore:
             t.c.source,
             t.c.source_partition,
             t.c.source_offset,
+            t.c.masked_entities,
         )
         query = select(*columns).order_by(t.c.id)
         if sources:
@@ -192,7 +194,20 @@ class DatasetStore:
             "sources": sorted({r.source for r in rows}),
             "source_offsets": {Topic.RAW_DATA.value: offsets},
             "shards": shards,
-            "records": [{"record_id": r.record_id, "content_hash": r.content_hash, "split": r.split} for r in rows],
+            "records": [
+                {
+                    "record_id": r.record_id,
+                    "content_hash": r.content_hash,
+                    "split": r.split,
+                    "sensitivity": _sensitivity(r.masked_entities).value,
+                }
+                for r in rows
+            ],
+            # What was masked in this version's records (entities per PII type), and how many
+            # records are at each sensitivity level (the highest level of what was found in them).
+            "masked": dict(sum((Counter(r.masked_entities or {}) for r in rows), Counter())),
+            "sensitivity": {level.value: 0 for level in Sensitivity}
+            | dict(Counter(_sensitivity(r.masked_entities).value for r in rows)),
             # Older versions of records edited upstream: not in this version, kept for lineage.
             "superseded": superseded,
             # Records dropped so far (of these sources), per reason: "duplicate", "near_duplicate", "empty".
@@ -241,3 +256,10 @@ class DatasetStore:
         async with self.db.sessions() as session:
             rows = (await session.execute(query)).mappings().all()
         return [dict(row) for row in rows]
+
+
+def _sensitivity(masked_entities: dict[str, int] | None) -> Sensitivity:
+    """A record's sensitivity from the entities masked in it (types this version does not know,
+    from records cleaned by an older pipeline, count as nothing found)."""
+    known = {t.value for t in PiiType}
+    return sensitivity_of(t for t, n in (masked_entities or {}).items() if n and t in known)
