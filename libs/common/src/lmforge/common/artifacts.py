@@ -125,11 +125,6 @@ class ArtifactStore:
 
     # -- files and folders (streamed) -----------------------------------------------------
 
-    def put_file(self, local_path: Path, key: str) -> str:
-        """Upload one local file under ``key``, streamed."""
-        self._put([(Path(local_path), self.path(key))])
-        return self.uri(key)
-
     def get_file(self, key: str, local_path: Path) -> Path:
         """Download ``key`` into ``local_path`` (temp file + rename), streamed."""
         try:

@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .events import UpstreamRecord
 from .kafka.producer import BrokerUnavailable
-from .names import NO_NUL_PATTERN
+from .names import API_KEY_ID_PATTERN, NO_NUL_PATTERN
 from .settings import InternalAuthSettings
 from .telemetry import current_trace_id, get_logger
 
@@ -167,7 +167,6 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 MIN_INTERNAL_TOKEN_CHARS = 32
 PRINCIPAL_HEADER = "X-Lmforge-Principal"
 # The id part of an API key (``lmf_<id>_<secret>``), as the gateway makes and accepts them.
-API_KEY_ID_PATTERN = r"^[A-Za-z0-9-]{1,32}$"
 
 
 class InternalAuthNotConfigured(RuntimeError):

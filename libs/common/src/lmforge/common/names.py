@@ -17,15 +17,18 @@ from urllib.parse import quote
 
 from pydantic import Field, StringConstraints
 
-_NAME = r"[a-z0-9][a-z0-9_.-]{0,99}"
+NAME_BODY = r"[a-z0-9][a-z0-9_.-]{0,99}"
 _ALIAS = r"[a-z0-9][a-z0-9_.-]{0,31}"
 
-NAME_PATTERN = rf"^{_NAME}$"
+NAME_PATTERN = rf"^{NAME_BODY}$"
 ALIAS_PATTERN = rf"^{_ALIAS}$"
 # ``name`` or ``name@alias``: how a completion request names the model it wants.
-MODEL_REFERENCE_PATTERN = rf"^{_NAME}(@{_ALIAS})?$"
+MODEL_REFERENCE_PATTERN = rf"^{NAME_BODY}(@{_ALIAS})?$"
 # Training job ids are made by the gateway: ``job-`` and 12 hex digits.
 JOB_ID_PATTERN = r"^job-[0-9a-f]{12}$"
+
+# API key ids: the ``<id>`` of ``lmf_<id>_<secret>``.
+API_KEY_ID_PATTERN = r"^[A-Za-z0-9-]{1,32}$"
 
 MAX_INT32 = 2**31 - 1
 

@@ -148,22 +148,19 @@ class Stack:
         finally:
             log.close()
 
-    def stop_service(self, name: str) -> None:
+    def stop_service(self, name: str, *, grace: float = 15, sig: int = signal.SIGTERM) -> None:
         svc = self.services[name]
         if svc.proc is not None:
-            kill_process_group(svc.proc, grace=15)
+            kill_process_group(svc.proc, grace=grace, sig=sig)
             svc.proc = None
 
     def kill_service(self, name: str) -> None:
         """``kill -9`` a service: no drain, no commit, no clean-up (a crash, as chaos tests want)."""
-        svc = self.services[name]
-        if svc.proc is not None:
-            kill_process_group(svc.proc, grace=0, sig=signal.SIGKILL)
-            svc.proc = None
+        self.stop_service(name, grace=0, sig=signal.SIGKILL)
 
-    def wait_ready(self, timeout_s: float = 180.0, names: tuple[str, ...] | None = None) -> None:
+    def wait_ready(self, timeout_s: float = 180.0) -> None:
         deadline = time.monotonic() + timeout_s
-        pending = list(names if names is not None else self.services)
+        pending = list(self.services)
         while pending:
             for name in list(pending):
                 svc = self.services[name]

@@ -280,12 +280,13 @@ async def completions(
     down, quotas = _downstream(request), _quotas(request)
     prompts = body.prompts()
     await quotas.check_completion(who, model, body.max_tokens * len(prompts))
+    principal = who.forwarded()
     for i, prompt in enumerate(prompts):
         out = await down.json(
             "inference",
             "POST",
             url_path("generate"),
-            principal=who.forwarded(),
+            principal=principal,
             json={
                 "model": model,
                 "alias": alias or "production",
@@ -322,7 +323,7 @@ async def completions(
 
 
 def _key_view(request: Request, key: store.ApiKeyRow) -> ApiKey:
-    settings = request.app.state.settings
+    rpm, tpd = _quotas(request).limits_for(key.requests_per_minute, key.completion_tokens_per_day)
     state = "revoked" if key.revoked_at else "expired" if key.expired(datetime.now(UTC)) else "active"
     return ApiKey(
         key_id=key.key_id,
@@ -335,8 +336,8 @@ def _key_view(request: Request, key: store.ApiKeyRow) -> ApiKey:
         rotated_at=key.rotated_at,
         last_used_at=key.last_used_at,
         bootstrap=key.bootstrap,
-        requests_per_minute=key.requests_per_minute or settings.requests_per_minute,
-        completion_tokens_per_day=key.completion_tokens_per_day or settings.completion_tokens_per_day,
+        requests_per_minute=rpm,
+        completion_tokens_per_day=tpd,
     )
 
 

@@ -30,7 +30,8 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from lmforge.common.db import Database
-from lmforge.common.http import API_KEY_ID_PATTERN, CallerPrincipal
+from lmforge.common.http import CallerPrincipal
+from lmforge.common.names import API_KEY_ID_PATTERN
 from lmforge.common.telemetry import get_logger
 
 from . import store

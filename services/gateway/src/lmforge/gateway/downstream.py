@@ -18,6 +18,7 @@ from fastapi import HTTPException
 from fastapi.responses import JSONResponse, Response
 
 from lmforge.common.http import CallerPrincipal, error_body, internal_headers
+from lmforge.common.redaction import describe_error
 from lmforge.common.telemetry import get_logger
 
 from .settings import GatewaySettings
@@ -57,12 +58,12 @@ class Downstream:
         try:
             resp = await self.clients[service].request(method, path, **kwargs)
         except httpx.TimeoutException as exc:
-            log.warning("downstream timeout", service=service, path=path, error=repr(exc))
+            log.warning("downstream timeout", service=service, path=path, error=describe_error(exc))
             raise HTTPException(
                 504, {"code": "upstream_timeout", "message": "a platform service did not answer in time"}
             ) from exc
         except httpx.TransportError as exc:
-            log.warning("downstream unreachable", service=service, path=path, error=repr(exc))
+            log.warning("downstream unreachable", service=service, path=path, error=describe_error(exc))
             raise HTTPException(
                 503,
                 {"code": "upstream_unavailable", "message": "a platform service is unavailable; retry"},

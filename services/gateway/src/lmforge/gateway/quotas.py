@@ -91,15 +91,20 @@ class Quotas:
         """The storage answers (Redis: a PING); the gateway is not ready while it does not."""
         return bool(await self.storage.check())
 
-    def request_limit(self, principal: Principal) -> RateLimitItem:
-        return RateLimitItemPerMinute(
-            principal.requests_per_minute or self.settings.requests_per_minute, namespace=REQUESTS
+    def limits_for(self, requests_per_minute: int | None, completion_tokens_per_day: int | None) -> tuple[int, int]:
+        """The limits that apply to a key: its own where it has them, else the gateway's."""
+        return (
+            requests_per_minute or self.settings.requests_per_minute,
+            completion_tokens_per_day or self.settings.completion_tokens_per_day,
         )
 
+    def request_limit(self, principal: Principal) -> RateLimitItem:
+        rpm, _ = self.limits_for(principal.requests_per_minute, principal.completion_tokens_per_day)
+        return RateLimitItemPerMinute(rpm, namespace=REQUESTS)
+
     def token_budget(self, principal: Principal) -> RateLimitItem:
-        return RateLimitItemPerDay(
-            principal.completion_tokens_per_day or self.settings.completion_tokens_per_day, namespace=COMPLETION_TOKENS
-        )
+        _, tpd = self.limits_for(principal.requests_per_minute, principal.completion_tokens_per_day)
+        return RateLimitItemPerDay(tpd, namespace=COMPLETION_TOKENS)
 
     async def count_request(self, principal: Principal) -> None:
         """Count one request of this key; ``429`` when it had its requests for the last minute."""

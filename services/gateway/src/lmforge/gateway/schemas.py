@@ -14,8 +14,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from lmforge.common.events import DeploymentState, Hyperparameters, JobState
-from lmforge.common.http import API_KEY_ID_PATTERN
 from lmforge.common.names import (
+    API_KEY_ID_PATTERN,
+    NAME_BODY,
     NO_NUL_PATTERN,
     DatasetName,
     JobId,
@@ -33,7 +34,7 @@ MAX_PROMPTS = 16
 MAX_PROMPT_CHARS = 20_000
 
 # A base model a client may name: a built-in one. Trainer-side folders are not the client's to name.
-BASE_MODEL_PATTERN = r"^builtin:[a-z0-9][a-z0-9_.-]{0,99}$"
+BASE_MODEL_PATTERN = rf"^builtin:{NAME_BODY}$"
 
 Prompt = Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lmforge.common.http import error_responses
 from lmforge.common.names import DatasetName, SourceName, VersionNumber
 
+from .models import DropReason
 from .store import DatasetStore, EmptyDataset, VersionContention
 
 router = APIRouter(responses=error_responses(422))
@@ -69,9 +70,6 @@ class DatasetManifest(BaseModel):
     sensitivity: dict[str, int] = Field(
         default_factory=dict, description="Records by sensitivity level: none, low, high (newer versions)."
     )
-
-
-DropReason = Literal["duplicate", "near_duplicate", "empty"]
 
 
 class DroppedRecord(BaseModel):

@@ -12,7 +12,7 @@ from lmforge.common.events import CleanedRecordV1, RawRecordV1, Topic, content_h
 from lmforge.common.kafka import InboundMessage
 
 from .cleaning import DEFAULT_MASKER, clean_text, split_for
-from .models import cleaned_records, dropped_records, inbox, near_dup_bands, outbox
+from .models import DropReason, cleaned_records, dropped_records, inbox, outbox
 from .near_dup import OPERATOR as NEAR_DUP_OPERATOR
 from .near_dup import NearDuplicate, NearDuplicateIndex
 from .pii import PiiMasker
@@ -49,18 +49,8 @@ class RawRecordHandler:
         async with self.db.sessions.begin() as session:
             if not await inbox.claim(session, self.group, event.id):
                 return
-            if not text:
-                await session.execute(
-                    dropped_records.insert().values(
-                        raw_event_id=event.id,
-                        record_id=raw.record_id,
-                        reason="empty",
-                        operator="clean_text",
-                        measured=0.0,  # characters left after cleaning
-                        threshold=1.0,
-                        created_at=now,
-                    )
-                )
+            if not text:  # measured: characters left after cleaning
+                await _drop(session, event.id, raw.record_id, now, "empty", "clean_text", 0.0, 1.0)
                 return
             original = (
                 await session.execute(
@@ -68,18 +58,7 @@ class RawRecordHandler:
                 )
             ).scalar_one_or_none()
             if original is not None:
-                await session.execute(
-                    dropped_records.insert().values(
-                        raw_event_id=event.id,
-                        record_id=raw.record_id,
-                        reason="duplicate",
-                        duplicate_of=original,
-                        operator="exact_dedup",
-                        measured=1.0,
-                        threshold=1.0,
-                        created_at=now,
-                    )
-                )
+                await _drop(session, event.id, raw.record_id, now, "duplicate", "exact_dedup", 1.0, 1.0, original)
                 return
             checked: set[int] = set()
             if fingerprint is not None:
@@ -114,7 +93,7 @@ class RawRecordHandler:
                 assert self.near_dups is not None
                 near = await self.near_dups.add(session, fingerprint, cleaned_id, raw.record_id, checked)
                 if near is not None:  # a concurrent replica kept a near-duplicate first
-                    await session.execute(delete(near_dup_bands).where(near_dup_bands.c.cleaned_id == cleaned_id))
+                    # Its band rows go with it (ON DELETE CASCADE; SQLite engines enforce foreign keys).
                     await session.execute(delete(cleaned_records).where(cleaned_records.c.id == cleaned_id))
                     await self._drop_near_duplicate(session, event.id, raw.record_id, near, now)
                     return
@@ -137,15 +116,40 @@ class RawRecordHandler:
         self, session: AsyncSession, event_id: str, record_id: str, near: NearDuplicate, now: datetime
     ) -> None:
         assert self.near_dups is not None
-        await session.execute(
-            dropped_records.insert().values(
-                raw_event_id=event_id,
-                record_id=record_id,
-                reason="near_duplicate",
-                duplicate_of=near.record_id,
-                operator=NEAR_DUP_OPERATOR,
-                measured=near.similarity,
-                threshold=self.near_dups.threshold,
-                created_at=now,
-            )
+        await _drop(
+            session,
+            event_id,
+            record_id,
+            now,
+            "near_duplicate",
+            NEAR_DUP_OPERATOR,
+            near.similarity,
+            self.near_dups.threshold,
+            near.record_id,
         )
+
+
+async def _drop(
+    session: AsyncSession,
+    event_id: str,
+    record_id: str,
+    now: datetime,
+    reason: DropReason,
+    operator: str,
+    measured: float,
+    threshold: float,
+    duplicate_of: str | None = None,
+) -> None:
+    """Keep a dropped record with its reason: the operator, what it measured, and the threshold."""
+    await session.execute(
+        dropped_records.insert().values(
+            raw_event_id=event_id,
+            record_id=record_id,
+            reason=reason,
+            duplicate_of=duplicate_of,
+            operator=operator,
+            measured=measured,
+            threshold=threshold,
+            created_at=now,
+        )
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -22,6 +24,10 @@ from sqlalchemy import (
 )
 
 from lmforge.common.db import Inbox, Outbox
+
+# Why a raw record did not become a cleaned record (``dropped_records.reason``).
+DropReason = Literal["duplicate", "near_duplicate", "empty"]
+DROP_REASONS: tuple[DropReason, ...] = get_args(DropReason)
 
 metadata = MetaData()
 inbox = Inbox(metadata)

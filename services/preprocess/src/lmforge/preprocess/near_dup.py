@@ -59,7 +59,7 @@ def band_shape(threshold: float, num_perm: int = NUM_PERM, recall: float = RECAL
         raise ValueError(f"threshold must be in (0, 1], not {threshold}")
     for rows in range(num_perm, 0, -1):
         bands = num_perm // rows
-        if 1.0 - (1.0 - threshold**rows) ** bands >= recall:
+        if candidate_probability(threshold, bands, rows) >= recall:
             return bands, rows
     return num_perm, 1
 
@@ -99,6 +99,7 @@ class NearDuplicateIndex:
         self._permutations = MinHash(num_perm=num_perm, seed=SEED, scheme=SCHEME).permutations
         # Band hashes are salted with the banding, so rows written under another threshold never match.
         self._salt = f"lsh:{num_perm}:{self.bands}x{self.rows}:{shingle_size}".encode()
+        self._band_key = self._salt[:64]  # blake2b takes a key of at most 64 bytes
 
     def parameters(self) -> dict[str, Any]:
         return {
@@ -116,12 +117,12 @@ class NearDuplicateIndex:
     def fingerprint(self, text: str) -> Fingerprint:
         grams = shingles(text, self.shingle_size)
         mh = MinHash(num_perm=self.num_perm, seed=SEED, scheme=SCHEME, permutations=self._permutations)
-        mh.update_batch([g.encode() for g in sorted(grams)])
+        mh.update_batch([g.encode() for g in grams])  # a minimum per permutation: order does not matter
         values = np.asarray(mh.hashvalues, dtype="<u4")
         keys = []
         for band in range(self.bands):
             chunk = values[band * self.rows : (band + 1) * self.rows].tobytes()
-            digest = hashlib.blake2b(chunk, digest_size=8, key=self._salt[:64]).digest()
+            digest = hashlib.blake2b(chunk, digest_size=8, key=self._band_key).digest()
             keys.append((band, int.from_bytes(digest, "big", signed=True)))
         return Fingerprint(grams, values.tobytes(), keys)
 

@@ -20,11 +20,9 @@ from lmforge.common.events import DatasetVersionCreatedV1, Split, Topic
 from lmforge.common.telemetry import inject_context
 
 from .cleaning import CONFIG_HASH, PIPELINE_CONFIG
-from .models import cleaned_records, dataset_versions, dropped_records, outbox
+from .models import DROP_REASONS, cleaned_records, dataset_versions, dropped_records, outbox
 from .near_dup import NearDuplicateIndex
 from .pii import PiiType, Sensitivity, sensitivity_of
-
-DROP_REASONS = ("duplicate", "near_duplicate", "empty")
 
 
 class EmptyDataset(ValueError):
@@ -53,9 +51,6 @@ class DatasetStore:
         manifest (and stay in the versions cut before the edit).
         """
         t = cleaned_records
-        newest = select(func.max(t.c.id)).group_by(t.c.record_id)
-        if sources:
-            newest = newest.where(t.c.source.in_(sources))
         columns = (
             t.c.id,
             t.c.record_id,
@@ -78,8 +73,9 @@ class DatasetStore:
             )
         async with self.db.sessions() as session:
             every = (await session.execute(query)).all()
-            latest = set((await session.execute(newest)).scalars())
             dropped = {reason: 0 for reason in DROP_REASONS} | {r: n for r, n in (await session.execute(drops)).all()}
+        # Rows come in id order, so the last one seen per record is its newest text.
+        latest = set({r.record_id: r.id for r in every}.values())
         rows = [r for r in every if r.id in latest]
         superseded = [{"record_id": r.record_id, "content_hash": r.content_hash} for r in every if r.id not in latest]
         if not rows:
@@ -183,6 +179,7 @@ class DatasetStore:
         for r in rows:
             key = str(r.source_partition)
             offsets[key] = max(offsets.get(key, 0), r.source_offset + 1)
+        levels = [_sensitivity(r.masked_entities) for r in rows]
         manifest = {
             "dataset": dataset,
             "version": version,
@@ -199,15 +196,14 @@ class DatasetStore:
                     "record_id": r.record_id,
                     "content_hash": r.content_hash,
                     "split": r.split,
-                    "sensitivity": _sensitivity(r.masked_entities).value,
+                    "sensitivity": level.value,
                 }
-                for r in rows
+                for r, level in zip(rows, levels, strict=True)
             ],
             # What was masked in this version's records (entities per PII type), and how many
             # records are at each sensitivity level (the highest level of what was found in them).
             "masked": dict(sum((Counter(r.masked_entities or {}) for r in rows), Counter())),
-            "sensitivity": {level.value: 0 for level in Sensitivity}
-            | dict(Counter(_sensitivity(r.masked_entities).value for r in rows)),
+            "sensitivity": {level.value: 0 for level in Sensitivity} | dict(Counter(level.value for level in levels)),
             # Older versions of records edited upstream: not in this version, kept for lineage.
             "superseded": superseded,
             # Records dropped so far (of these sources), per reason: "duplicate", "near_duplicate", "empty".
@@ -261,5 +257,7 @@ class DatasetStore:
 def _sensitivity(masked_entities: dict[str, int] | None) -> Sensitivity:
     """A record's sensitivity from the entities masked in it (types this version does not know,
     from records cleaned by an older pipeline, count as nothing found)."""
-    known = {t.value for t in PiiType}
-    return sensitivity_of(t for t, n in (masked_entities or {}).items() if n and t in known)
+    return sensitivity_of(t for t, n in (masked_entities or {}).items() if n and t in _PII_TYPES)
+
+
+_PII_TYPES = frozenset(t.value for t in PiiType)
