@@ -11,8 +11,9 @@ from pydantic import ValidationError
 
 from lmforge.common.artifacts import ArtifactStore
 from lmforge.devstack.servers import TritonServer
+from lmforge.inference.model_repository import ModelRepository, config_pbtxt
 from lmforge.inference.settings import InferenceSettings
-from lmforge.inference.triton import TritonModels, TritonRejected, config_pbtxt
+from lmforge.inference.triton import TritonModels, TritonRejected
 
 from .test_reconcile import save_tiny_model
 
@@ -34,16 +35,16 @@ async def test_explicit_kinds_reach_triton_unchanged(triton: TritonServer, tmp_p
     store = ArtifactStore(str(tmp_path / "artifacts"))
     uri = save_tiny_model(store, "models/m/run-1")
 
-    def models(kind: str) -> TritonModels:
+    def models(kind: str) -> tuple[ModelRepository, TritonModels]:
         settings = InferenceSettings(
             triton_url=triton.http_url,
             model_repository=str(triton.model_repository),
             instance_kind=kind,  # type: ignore[arg-type]
         )
-        return TritonModels(settings, store)
+        return ModelRepository(settings, store), TritonModels(settings)
 
-    cpu = models("cpu")
-    await asyncio.to_thread(cpu.write_version, f"cpu{unique}-v1", uri)
+    cpu_repository, cpu = models("cpu")
+    await asyncio.to_thread(cpu_repository.write_version, f"cpu{unique}-v1", uri)
     await cpu.load(f"cpu{unique}-v1")
     try:
         assert await cpu.instance_kind(f"cpu{unique}-v1") == "KIND_CPU"
@@ -51,8 +52,8 @@ async def test_explicit_kinds_reach_triton_unchanged(triton: TritonServer, tmp_p
     finally:
         await cpu.unload(f"cpu{unique}-v1")
 
-    gpu = models("gpu")
-    await asyncio.to_thread(gpu.write_version, f"gpu{unique}-v1", uri)
+    gpu_repository, gpu = models("gpu")
+    await asyncio.to_thread(gpu_repository.write_version, f"gpu{unique}-v1", uri)
     with pytest.raises(TritonRejected, match="GPU"):
         await gpu.load(f"gpu{unique}-v1")
     assert not await gpu.is_ready(f"gpu{unique}-v1")

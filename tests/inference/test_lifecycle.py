@@ -25,6 +25,7 @@ from lmforge.common.kafka import EventProducer, InboundMessage
 from lmforge.common.settings import KafkaSettings
 from lmforge.devstack.servers import free_port
 from lmforge.inference.handlers import LifecycleHandler
+from lmforge.inference.model_repository import ModelRepository
 from lmforge.inference.models import deployments, inbox, metadata, outbox
 from lmforge.inference.reconciler import Reconciler
 from lmforge.inference.settings import InferenceSettings
@@ -61,7 +62,7 @@ async def reconciler(tmp_path: Path) -> Any:
     await db.create_all(metadata)
     store = ArtifactStore(str(tmp_path / "artifacts"))
     relay = OutboxRelay(outbox, db.sessions, EventProducer(KafkaSettings(), source="tests"))
-    yield Reconciler(settings, db, store, TritonModels(settings, store), relay)
+    yield Reconciler(settings, db, ModelRepository(settings, store), TritonModels(settings), relay)
     await db.dispose()
 
 

@@ -15,6 +15,7 @@ from lmforge.common.events import DeploymentResultV1
 from lmforge.common.kafka import EventProducer
 from lmforge.common.settings import KafkaSettings
 from lmforge.devstack.servers import TritonServer
+from lmforge.inference.model_repository import ModelRepository
 from lmforge.inference.models import deployments, metadata, outbox
 from lmforge.inference.reconciler import Reconciler
 from lmforge.inference.settings import InferenceSettings
@@ -51,9 +52,9 @@ async def test_failed_deployment_keeps_the_previous_version_serving(
     settings = InferenceSettings(triton_url=triton.http_url, model_repository=str(triton.model_repository))
     db = Database(f"sqlite+aiosqlite:///{tmp_path}/inference.db")
     await db.create_all(metadata)
-    triton_models = TritonModels(settings, store)
+    triton_models = TritonModels(settings)
     relay = OutboxRelay(outbox, db.sessions, EventProducer(KafkaSettings(), source="tests"))  # only woken here
-    reconciler = Reconciler(settings, db, store, triton_models, relay)
+    reconciler = Reconciler(settings, db, ModelRepository(settings, store), triton_models, relay)
     try:
         await reconciler.set_desired(model, "production", 1, good)
         await reconciler.reconcile()

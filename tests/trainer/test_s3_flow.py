@@ -16,8 +16,9 @@ from lmforge.common.events import Event, Hyperparameters, JobState, RawRecordV1,
 from lmforge.common.kafka import EventProducer, InboundMessage
 from lmforge.common.settings import ArtifactSettings, DatabaseSettings, KafkaSettings
 from lmforge.devstack.servers import S3Server, TritonServer
+from lmforge.inference.model_repository import ModelRepository, triton_model_name
 from lmforge.inference.settings import InferenceSettings
-from lmforge.inference.triton import TritonModels, triton_model_name
+from lmforge.inference.triton import TritonModels
 from lmforge.preprocess.handlers import RawRecordHandler
 from lmforge.preprocess.models import metadata as preprocess_metadata
 from lmforge.preprocess.models import outbox as preprocess_outbox
@@ -117,14 +118,13 @@ async def test_dataset_to_served_model_on_s3(
     assert not list((tmp_path / "work").rglob("spec.json"))
 
     # inference: copy the model from S3 into Triton's repository; "auto" lets this Triton decide.
-    triton_models = TritonModels(
-        InferenceSettings(
-            triton_url=triton.http_url, model_repository=str(triton.model_repository), artifacts=artifacts
-        ),
-        ArtifactStore.from_settings(artifacts),
+    inference_settings = InferenceSettings(
+        triton_url=triton.http_url, model_repository=str(triton.model_repository), artifacts=artifacts
     )
+    triton_models = TritonModels(inference_settings)
+    repository = ModelRepository(inference_settings, ArtifactStore.from_settings(artifacts))
     name = triton_model_name(f"s3{unique}", 1)
-    target = await asyncio.to_thread(triton_models.write_version, name, job.artifact_uri)
+    target = await asyncio.to_thread(repository.write_version, name, job.artifact_uri)
     assert (target / "1" / "weights" / "config.json").is_file()
     assert (target / "1" / "model.py").is_file()
     assert "kind: KIND_AUTO" in (target / "config.pbtxt").read_text()

@@ -10,6 +10,7 @@ from lmforge.common.service import ServiceRuntime
 
 from . import api
 from .handlers import LifecycleHandler
+from .model_repository import ModelRepository
 from .models import outbox
 from .reconciler import Reconciler
 from .settings import InferenceSettings
@@ -22,8 +23,9 @@ def build_app(settings: InferenceSettings | None = None) -> FastAPI:
     settings = settings or InferenceSettings()
     runtime = ServiceRuntime(settings, migrations=MIGRATIONS, outbox=outbox, produces=[Topic.DEPLOYMENT_EVENTS])
     assert runtime.relay is not None
-    triton = TritonModels(settings, runtime.artifacts)
-    reconciler = Reconciler(settings, runtime.db, runtime.artifacts, triton, runtime.relay)
+    triton = TritonModels(settings)
+    repository = ModelRepository(settings, runtime.artifacts)
+    reconciler = Reconciler(settings, runtime.db, repository, triton, runtime.relay)
     runtime.consume(
         settings.consumer_group, [Topic.MODEL_EVENTS], LifecycleHandler(runtime.db, settings.consumer_group, reconciler)
     )

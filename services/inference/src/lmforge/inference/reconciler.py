@@ -15,15 +15,15 @@ import httpx
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from lmforge.common.artifacts import ArtifactStore
 from lmforge.common.db import Database, OutboxRelay
 from lmforge.common.events import DeploymentResultV1, DeploymentState, Topic
 from lmforge.common.http import internal_headers
 from lmforge.common.telemetry import get_logger, tracer
 
+from .model_repository import ModelRepository, triton_model_name
 from .models import deployments, outbox
 from .settings import InferenceSettings
-from .triton import TritonModels, TritonRejected, TritonUnavailable, triton_model_name
+from .triton import TritonModels, TritonRejected, TritonUnavailable
 
 log = get_logger(__name__)
 
@@ -57,13 +57,13 @@ class Reconciler:
         self,
         settings: InferenceSettings,
         db: Database,
-        artifacts: ArtifactStore,
+        repository: ModelRepository,
         triton: TritonModels,
         relay: OutboxRelay,
     ) -> None:
         self.settings = settings
         self.db = db
-        self.artifacts = artifacts
+        self.repository = repository
         self.triton = triton
         self.relay = relay
         self._lock = asyncio.Lock()
@@ -93,7 +93,7 @@ class Reconciler:
             "inference deploy", attributes={"lmforge.model": model, "lmforge.alias": alias, "lmforge.version": version}
         ) as span:
             try:
-                await asyncio.to_thread(self.triton.write_version, name, row.desired_artifact_uri)
+                await asyncio.to_thread(self.repository.write_version, name, row.desired_artifact_uri)
                 await self.triton.load(name)
                 smoke = await self.triton.generate(name, "Hello", 1, 0.0)
                 log.info(
