@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-import textwrap
 from pathlib import Path
 
 from lmforge.common.artifacts import ArtifactStore
@@ -30,24 +29,45 @@ def triton_model_name(model: str, version: int) -> str:
 INSTANCE_KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 
 
+# Inputs and outputs of the model contract (docs/serving.md, "The Triton model contract"); every
+# one has dims [1] per request row. BYTES is Triton's TYPE_STRING.
+INPUTS = (
+    ("PROMPT", "TYPE_STRING"),
+    ("CHAT", "TYPE_BOOL"),
+    ("MAX_TOKENS", "TYPE_INT32"),
+    ("TEMPERATURE", "TYPE_FP32"),
+    ("TOP_P", "TYPE_FP32"),
+    ("SEED", "TYPE_INT64"),
+    ("STOP", "TYPE_STRING"),
+    ("STREAM", "TYPE_BOOL"),
+)
+OUTPUTS = (
+    ("TEXT", "TYPE_STRING"),
+    ("FINISH_REASON", "TYPE_STRING"),
+    ("PROMPT_TOKENS", "TYPE_INT32"),
+    ("COMPLETION_TOKENS", "TYPE_INT32"),
+    ("BATCH_SIZE", "TYPE_INT32"),
+)
+
+
+def _tensors(specs: tuple[tuple[str, str], ...]) -> str:
+    return ",\n".join(f'  {{ name: "{name}", data_type: {kind}, dims: [ 1 ] }}' for name, kind in specs)
+
+
 def config_pbtxt(name: str, settings: InferenceSettings) -> str:
-    return textwrap.dedent(f"""\
-        name: "{name}"
-        backend: "python"
-        max_batch_size: {settings.max_batch_size}
-        input [
-          {{ name: "PROMPT", data_type: TYPE_STRING, dims: [ 1 ] }},
-          {{ name: "MAX_TOKENS", data_type: TYPE_INT32, dims: [ 1 ] }},
-          {{ name: "TEMPERATURE", data_type: TYPE_FP32, dims: [ 1 ] }}
-        ]
-        output [
-          {{ name: "TEXT", data_type: TYPE_STRING, dims: [ 1 ] }},
-          {{ name: "PROMPT_TOKENS", data_type: TYPE_INT32, dims: [ 1 ] }},
-          {{ name: "COMPLETION_TOKENS", data_type: TYPE_INT32, dims: [ 1 ] }}
-        ]
-        dynamic_batching {{ max_queue_delay_microseconds: {settings.batch_delay_us} }}
-        instance_group [ {{ kind: {INSTANCE_KINDS[settings.instance_kind]}, count: 1 }} ]
-        """)
+    """Decoupled (responses streamed through a response sender), dynamically batched, with the
+    weights' precision as a model parameter the runtime reads at load."""
+    return (
+        f'name: "{name}"\n'
+        'backend: "python"\n'
+        f"max_batch_size: {settings.max_batch_size}\n"
+        f"input [\n{_tensors(INPUTS)}\n]\n"
+        f"output [\n{_tensors(OUTPUTS)}\n]\n"
+        "model_transaction_policy { decoupled: true }\n"
+        f"dynamic_batching {{ max_queue_delay_microseconds: {settings.batch_delay_us} }}\n"
+        f"instance_group [ {{ kind: {INSTANCE_KINDS[settings.instance_kind]}, count: 1 }} ]\n"
+        f'parameters {{ key: "precision" value: {{ string_value: "{settings.precision}" }} }}\n'
+    )
 
 
 class ModelRepository:
@@ -71,3 +91,10 @@ class ModelRepository:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return target
+
+    def remove(self, name: str) -> None:
+        """Delete a model's folder (after Triton unloaded it); absent folders are fine."""
+        target = self.root / name
+        if target.parent != self.root or name in ("", ".", ".."):
+            raise ValueError(f"not a model folder name: {name!r}")
+        shutil.rmtree(target, ignore_errors=True)

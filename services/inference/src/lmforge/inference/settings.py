@@ -23,6 +23,9 @@ class InferenceSettings(ServiceSettings):
     # Where Triton runs each model instance: "cpu", "gpu", or "auto" (Triton's KIND_AUTO: its own
     # GPUs if it has any, else the CPU). Never decided by looking at this service's machine.
     instance_kind: Literal["auto", "cpu", "gpu"] = "auto"
+    # Weights precision in the runtime (config.pbtxt parameter): "auto" is fp32 on the CPU and bf16
+    # on a GPU that supports it; "int8" is dynamic quantization of nn.Linear layers (CPU only).
+    precision: Literal["auto", "fp32", "int8", "fp16", "bf16"] = "auto"
     max_batch_size: int = 8
     batch_delay_us: int = 2000
     reconcile_interval_s: float = 30.0
