@@ -75,16 +75,25 @@ async def test_app_health_metrics_and_error_shapes(span_exporter: object) -> Non
         assert r.status_code == 422
         assert r.json()["error"]["code"] == "invalid_request"
         assert r.json()["error"]["message"].startswith("count:")
+        assert r.json()["error"]["type"] == "invalid_request_error" and r.json()["error"]["param"] == "count"
 
         r = await client.get("/boom")
         assert r.status_code == 500 and "secret" not in r.text and "Traceback" not in r.text
-        assert r.json()["error"]["code"] == "internal_error"
+        assert r.json()["error"]["code"] == "internal_error" and r.json()["error"]["type"] == "server_error"
 
         r = await client.get("/gone")
         assert r.status_code == 404
         error = r.json()["error"]
         assert len(error.pop("trace_id")) == 32  # every error names the trace to look up
-        assert error == {"code": "thing_not_found", "message": "no such thing", "thing": "x"}
+        # OpenAI's error shape, with lmforge's stable code and the route's own fields.
+        assert error == {
+            "message": "no such thing",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "thing_not_found",
+            "thing": "x",
+        }
 
         r = await client.get("/broker")
         assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+        assert r.json()["error"]["type"] == "api_error" and r.json()["error"]["code"] == "broker_unavailable"

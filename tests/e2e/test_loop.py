@@ -126,7 +126,7 @@ def test_records_to_served_answer(stack: Stack, otlp: OtlpReceiver) -> None:
     assert "erp:E-1" in ds["record_ids"]
 
     # Lineage: answering version -> run -> dataset version -> record ids.
-    job = api.get("/v1/models").json()
+    job = api.get("/v1/registry/models").json()
     version = next(v for m in job if m["name"] == result.model for v in m["versions"] if v["version"] == result.version)
     assert version["run_id"] == lineage["run_id"]
     manifest = api.get(f"/v1/datasets/{ds['name']}/versions/{ds['version']}").json()

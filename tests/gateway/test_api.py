@@ -29,7 +29,10 @@ PATH_VALUES = {
     "version": "1",
     "job_id": "job-0123456789ab",
     "key_id": "0123456789ab",
+    "model": "support@v1",
 }
+# The OpenAI-compatible routes answer a request that fails validation with 400 (OpenAI's BadRequest).
+OPENAI_ROUTES = {"GET /v1/models", "GET /v1/models/{model}"}
 # Routes that call no service: what they answer here once the caller may call them (no such key: 404).
 LOCAL_ANSWERS = {"GET /v1/api-keys": 200, "DELETE /v1/api-keys/{key_id}": 404, "POST /v1/api-keys/{key_id}/rotate": 404}
 ROUTES = public_routes()
@@ -66,7 +69,7 @@ async def key_with(client: httpx.AsyncClient, scopes: list[str]) -> dict[str, st
 
 
 async def test_authentication_comes_before_the_body(gateway: httpx.AsyncClient) -> None:
-    """On every route: 401 without a key, 403 without the scope, only then 422 for a bad body."""
+    """On every route: 401 without a key, 403 without the scope, only then 422 (400) for a bad body."""
     garbage = {"content": b"\xff{not json", "headers": {"content-type": "application/json"}}
     for route in ROUTES:
         for auth in ({}, {"Authorization": "Bearer lmf_nope_nope"}, {"Authorization": "Basic x"}):
@@ -80,7 +83,7 @@ async def test_authentication_comes_before_the_body(gateway: httpx.AsyncClient) 
         right = await key_with(gateway, [route.scope.value])
         r = await gateway.request(route.method, url(route), **garbage | {"headers": garbage["headers"] | right})
         if route.parses_body:
-            assert r.status_code == 422, (str(route), r.text)
+            assert r.status_code == (400 if str(route) in OPENAI_ROUTES else 422), (str(route), r.text)
         elif str(route) in LOCAL_ANSWERS:
             assert r.status_code == LOCAL_ANSWERS[str(route)], (str(route), r.text)
         else:  # nothing the gateway refuses: the request goes on, to a service that is not there
@@ -101,7 +104,8 @@ async def test_every_route_declares_its_answers_and_the_bearer_scheme(gateway: h
         assert op["security"] == [{"bearer": []}], route
         success = [s for s in op["responses"] if s.startswith("2")]
         assert len(success) == 1 and op["responses"][success[0]]["content"]["application/json"]["schema"], route
-        for status in ("401", "403", "422", "429"):
+        invalid = "400" if str(route) in OPENAI_ROUTES else "422"
+        for status in ("401", "403", invalid, "429"):
             assert op["responses"][status]["content"]["application/json"]["schema"] == error, (route, status)
         if "{" in route.path:
             assert "404" in op["responses"], route
@@ -186,10 +190,11 @@ async def test_a_body_that_is_not_utf8_is_a_clear_422(gateway: httpx.AsyncClient
 
 
 async def test_unreachable_services_name_no_host(gateway: httpx.AsyncClient) -> None:
-    r = await gateway.get("/v1/models", headers={"Authorization": f"Bearer {ADMIN}"})
-    assert r.status_code == 503 and r.headers["Retry-After"] == "5"
-    assert r.json()["error"]["code"] == "upstream_unavailable"
-    assert "127.0.0.1" not in r.text and "registry" not in r.text
+    for path in ("/v1/registry/models", "/v1/models"):
+        r = await gateway.get(path, headers={"Authorization": f"Bearer {ADMIN}"})
+        assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+        assert r.json()["error"]["code"] == "upstream_unavailable" and r.json()["error"]["type"] == "api_error"
+        assert "127.0.0.1" not in r.text and "registry" not in r.text and "inference" not in r.text
 
 
 def test_the_route_table_is_what_the_tests_cover() -> None:
@@ -197,9 +202,12 @@ def test_the_route_table_is_what_the_tests_cover() -> None:
     found = {str(r): r.scope for r in ROUTES}
     assert found["POST /v1/api-keys"] == Scope.ADMIN
     assert found["POST /v1/records"] == Scope.RECORDS_WRITE
+    assert found["GET /v1/registry/models"] == Scope.MODELS_READ
+    for route in OPENAI_ROUTES:
+        assert found[route] == Scope.COMPLETIONS
     for route in ("GET /v1/api-keys", "DELETE /v1/api-keys/{key_id}", "POST /v1/api-keys/{key_id}/rotate"):
         assert found[route] == Scope.ADMIN
-    assert len(found) == 15
+    assert len(found) == 17
 
 
 async def test_a_405_names_every_method_of_its_path(gateway: httpx.AsyncClient) -> None:

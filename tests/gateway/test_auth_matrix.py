@@ -107,7 +107,7 @@ def world(stack: Stack) -> Iterator[World]:
             return r.status_code == 200
 
         _wait("deployment", served, 180)
-        models = {m["name"]: m for m in api.get("/v1/models").json()}
+        models = {m["name"]: m for m in api.get("/v1/registry/models").json()}
         spare = [api.post("/v1/api-keys", json={"name": f"spare-{i}", "scopes": ["models:read"]}) for i in range(2)]
         assert all(r.status_code == 201 for r in spare), [r.text for r in spare]
         yield World(
@@ -131,7 +131,9 @@ def examples(w: World) -> dict[str, tuple[dict[str, str], dict[str, Any]]]:
         "GET /v1/pipeline/stats": ({}, {}),
         "GET /v1/datasets/{name}/versions/{version}": ({"name": DATASET, "version": str(w.dataset_version)}, {}),
         "GET /v1/training-jobs/{job_id}": ({"job_id": w.job_id}, {}),
+        "GET /v1/registry/models": ({}, {}),
         "GET /v1/models": ({}, {}),
+        "GET /v1/models/{model}": ({"model": f"{MODEL}@v{w.model_version}"}, {}),
         "GET /v1/models/{name}/versions/{version}/lineage": ({"name": MODEL, "version": str(w.model_version)}, {}),
         "POST /v1/completions": ({}, {"json": {"model": f"{MODEL}@production", "prompt": "Hi", "max_tokens": 2}}),
         "POST /v1/records": ({}, {"json": {"source": "crm", "source_id": "matrix-1", "text": "Customer: hello"}}),

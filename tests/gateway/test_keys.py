@@ -55,17 +55,19 @@ async def test_a_revoked_key_is_refused_from_its_very_next_request(gateway: http
     admin = await new_key(gateway, ["admin"])
     reader = await new_key(gateway, ["models:read"])
     assert (await gateway.get("/v1/api-keys", headers=bearer(admin["key"]))).status_code == 200
-    assert (await gateway.get("/v1/models", headers=bearer(reader["key"]))).status_code == 503  # got past auth
+    assert (await gateway.get("/v1/registry/models", headers=bearer(reader["key"]))).status_code == 503  # got past auth
     for key in (admin, reader):
         r = await gateway.delete(f"/v1/api-keys/{key['key_id']}", headers=bearer(ADMIN))
         assert r.status_code == 200 and r.json()["state"] == "revoked", r.text
     r = await gateway.get("/v1/api-keys", headers=bearer(admin["key"]))
     assert r.status_code == 401 and r.json()["error"]["message"] == "this API key was revoked"
     assert r.headers["www-authenticate"] == "Bearer"
-    assert (await gateway.get("/v1/models", headers=bearer(reader["key"]))).status_code == 401
+    assert (await gateway.get("/v1/registry/models", headers=bearer(reader["key"]))).status_code == 401
     # Without the right secret, a caller learns nothing about the key.
     wrong = f"lmf_{admin['key_id']}_not-its-secret"
-    assert (await gateway.get("/v1/models", headers=bearer(wrong))).json()["error"]["message"] == "invalid API key"
+    assert (await gateway.get("/v1/registry/models", headers=bearer(wrong))).json()["error"][
+        "message"
+    ] == "invalid API key"
     first = (await listed(gateway))[admin["key_id"]]
     again = await gateway.delete(f"/v1/api-keys/{admin['key_id']}", headers=bearer(ADMIN))
     assert again.status_code == 200 and again.json()["revoked_at"] == first["revoked_at"]  # revoked once

@@ -46,7 +46,9 @@ async def test_requests_per_minute_per_key_in_memory(kafka_settings: KafkaSettin
         assert_rate_limited(r)
         assert "5 requests" in r.json()["error"]["message"]
         # Every route counts, those that call a service too (here they answer 503: nothing runs).
-        statuses = [(await client.get("/v1/models", headers=bearer(reader["key"]))).status_code for _ in range(6)]
+        statuses = [
+            (await client.get("/v1/registry/models", headers=bearer(reader["key"]))).status_code for _ in range(6)
+        ]
         assert statuses == [503] * 5 + [429]
         # A key's own limit, and each key its own budget: the bootstrap key made 4 requests.
         statuses = [(await client.get("/v1/api-keys", headers=bearer(own["key"]))).status_code for _ in range(3)]
@@ -56,7 +58,9 @@ async def test_requests_per_minute_per_key_in_memory(kafka_settings: KafkaSettin
         fresh = await new_key(client, ["models:read"], requests_per_minute=2)
         for _ in range(3):
             assert (await client.get("/v1/api-keys", headers=bearer(fresh["key"]))).status_code == 403
-        statuses = [(await client.get("/v1/models", headers=bearer(fresh["key"]))).status_code for _ in range(3)]
+        statuses = [
+            (await client.get("/v1/registry/models", headers=bearer(fresh["key"]))).status_code for _ in range(3)
+        ]
         assert statuses == [503, 503, 429]
 
 

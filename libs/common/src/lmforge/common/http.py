@@ -3,8 +3,12 @@
 - ``/healthz``: the process is alive (no dependencies checked).
 - ``/readyz``: every readiness check passes (database reachable, broker connected, ...): 200 or 503.
 - ``/metrics``: Prometheus exposition of the default registry.
-- Errors are JSON ``{"error": {"code", "message", ...}}`` (``ErrorResponse``); an unexpected
-  exception is a 500 with a short message and the trace id, never a stack trace.
+- Errors are JSON in OpenAI's shape, ``{"error": {"message", "type", "param", "code", "trace_id", ...}}``
+  (``ErrorResponse``): ``type`` follows the status (``error_type``), ``param`` names the field at
+  fault or is null, ``code`` is lmforge's stable identifier. An unexpected exception is a 500 with a
+  short message and the trace id, never a stack trace.
+- ``/metrics`` also counts every answer by method, route template and status, and times it
+  (``lmforge_http_requests_total``, ``lmforge_http_request_errors_total``, ``lmforge_http_request_seconds``).
 - ``error_responses(...)`` declares those error answers in a route's OpenAPI entry.
 - Calls between services carry the internal credential: ``create_app(..., internal=settings.internal)``
   refuses (``401``) every call without it, health, readiness and metrics excepted, and
@@ -18,6 +22,7 @@ import hashlib
 import hmac
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Any
@@ -35,6 +40,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .events import UpstreamRecord
 from .kafka.producer import BrokerUnavailable
+from .metrics import http_request_errors, http_request_seconds, http_requests
 from .names import API_KEY_ID_PATTERN, NO_NUL_PATTERN
 from .settings import InternalAuthSettings
 from .telemetry import current_trace_id, get_logger
@@ -45,17 +51,24 @@ ReadinessCheck = Callable[[], Awaitable[bool]]
 
 
 class ErrorDetail(BaseModel):
-    """What went wrong: a stable ``code`` to branch on, a ``message`` for people, the trace to look up."""
+    """What went wrong, in OpenAI's error shape: a ``message`` for people, the ``type`` of error
+    (from the status), the ``param`` at fault, a stable ``code`` to branch on, the trace to look up."""
 
     model_config = ConfigDict(extra="allow")
 
-    code: str = Field(description="Stable, machine-readable: e.g. unauthorized, invalid_request, not_found.")
     message: str = Field(description="For people; never carries an internal path, host or stack trace.")
+    type: str = Field(
+        description="invalid_request_error (400, 404, 409, 413, 415, 422), authentication_error (401), "
+        "permission_error (403), rate_limit_error (429), server_error (500) or api_error (other 5xx)."
+    )
+    param: str | None = Field(default=None, description="The request field at fault (`messages.0.content`), or null.")
+    code: str = Field(description="Stable, machine-readable: e.g. unauthorized, invalid_request, model_not_found.")
     trace_id: str | None = Field(default=None, description="The request's trace, as in the X-Trace-Id header.")
 
 
 class ErrorResponse(BaseModel):
-    """Every error answer: ``{"error": {"code", "message", "trace_id", ...}}`` (more fields by code)."""
+    """Every error answer: ``{"error": {"message", "type", "param", "code", "trace_id", ...}}``
+    (more fields by code)."""
 
     error: ErrorDetail
 
@@ -145,12 +158,84 @@ def upstream_records_body(max_records: int = 1000) -> dict[str, Any]:
     }
 
 
-def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"code": code, "message": message, **extra}
+def error_type(status: int) -> str:
+    """OpenAI's error ``type`` for an HTTP status (what its clients branch on besides the status)."""
+    if status == 401:
+        return "authentication_error"
+    if status == 403:
+        return "permission_error"
+    if status == 429:
+        return "rate_limit_error"
+    if status == 500:
+        return "server_error"
+    if status > 500:
+        return "api_error"
+    return "invalid_request_error"
+
+
+def error_body(
+    code: str,
+    message: str,
+    *,
+    status: int | None = None,
+    param: str | None = None,
+    type: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """``{"error": {"message", "type", "param", "code", "trace_id", **extra}}``.
+
+    ``status``: the answer's HTTP status, which picks ``type`` (``error_type``); without it (and
+    without ``type``) the error is a client's: ``invalid_request_error``. ``param``: the field at fault.
+    """
+    kind = type or (error_type(status) if status is not None else "invalid_request_error")
+    body: dict[str, Any] = {"message": message, "type": kind, "param": param, "code": code, **extra}
     trace_id = current_trace_id()
     if trace_id:
         body["trace_id"] = trace_id
     return {"error": body}
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    """An error answer: ``error_body`` with its ``type`` from ``status``."""
+    return JSONResponse(
+        error_body(code, message, status=status, param=param, **extra), status_code=status, headers=headers
+    )
+
+
+def validation_error_response(exc: RequestValidationError, status_code: int = 422) -> JSONResponse:
+    """A request that failed validation: the first problem in ``message`` and ``param``, up to 20 in ``details``.
+
+    An error raised with ``ctx={"param": ..., "code": ...}`` (``pydantic_core.PydanticCustomError``)
+    names its own field (under the model's location) and code: a model-level check about one field.
+    """
+    details: list[dict[str, str]] = []
+    param: str | None = None
+    code = "invalid_request"
+    for e in exc.errors()[:20]:
+        ctx = e.get("ctx") or {}
+        path = [str(p) for p in e["loc"] if p != "body"] + ([str(ctx["param"])] if ctx.get("param") else [])
+        field = ".".join(path) or "<body>"
+        if not details:
+            param = None if field == "<body>" else str(field)
+            code = str(ctx.get("code") or code)
+        details.append({"field": str(field), "message": e["msg"]})
+    first = details[0] if details else {"field": "<body>", "message": "invalid request"}
+    return error_response(status_code, code, f"{first['field']}: {first['message']}", param=param, details=details)
+
+
+def undecodable_body_response(reason: UnicodeDecodeError, status_code: int = 422) -> JSONResponse:
+    """A JSON body that is not UTF-8 (FastAPI answers it with a bare 400): say what is wrong."""
+    return error_response(
+        status_code, "invalid_request", f"body: not valid UTF-8 (byte {reason.start}: {reason.reason})"
+    )
 
 
 def payload_too_large(message: str) -> HTTPException:
@@ -229,9 +314,10 @@ class InternalAuthMiddleware:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._authorized(scope):
             await self.app(scope, receive, send)
             return
-        response = JSONResponse(
-            error_body("unauthorized", "an internal service: send the internal token (Authorization: Bearer <token>)"),
-            status_code=401,
+        response = error_response(
+            401,
+            "unauthorized",
+            "an internal service: send the internal token (Authorization: Bearer <token>)",
             headers={"WWW-Authenticate": "Bearer", "Connection": "close"},
         )
         await response(scope, receive, send)
@@ -323,48 +409,37 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [
-            {"field": ".".join(str(p) for p in e["loc"] if p != "body") or "<body>", "message": e["msg"]}
-            for e in exc.errors()[:20]
-        ]
-        first = details[0] if details else {"field": "<body>", "message": "invalid request"}
-        return JSONResponse(
-            error_body("invalid_request", f"{first['field']}: {first['message']}", details=details),
-            status_code=422,
-        )
+        return validation_error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
-            # FastAPI answers a JSON body that is not UTF-8 with a bare 400; say what is wrong.
-            reason = exc.__cause__
-            return JSONResponse(
-                error_body("invalid_request", f"body: not valid UTF-8 (byte {reason.start}: {reason.reason})"),
-                status_code=422,
-            )
+            return undecodable_body_response(exc.__cause__)
         # Routes raise HTTPException(status, "message") or HTTPException(status, {"code", "message", ...}).
         extra = dict(exc.detail) if isinstance(exc.detail, dict) else {"message": str(exc.detail)}
         code = str(extra.pop("code", _code_for(exc.status_code)))
         message = str(extra.pop("message", ""))
+        extra.pop("type", None)  # the status says it
         headers = getattr(exc, "headers", None)
         if exc.status_code == 405:
             # Starlette names the methods of the first route that matched the path only; a path
             # with a route per method (GET and POST /v1/api-keys) must list them all.
             headers = dict(headers or {}) | {"Allow": ", ".join(_allowed_methods(app, request.scope["path"]))}
-        return JSONResponse(error_body(code, message, **extra), status_code=exc.status_code, headers=headers)
+        return error_response(exc.status_code, code, message, headers=headers, **extra)
 
     @app.exception_handler(BrokerUnavailable)
     async def _broker(_: Request, exc: BrokerUnavailable) -> JSONResponse:
-        return JSONResponse(
-            error_body("broker_unavailable", "the event broker did not acknowledge the write; retry"),
-            status_code=503,
+        return error_response(
+            503,
+            "broker_unavailable",
+            "the event broker did not acknowledge the write; retry",
             headers={"Retry-After": str(exc.retry_after_s)},
         )
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", error=repr(exc))
-        return JSONResponse(error_body("internal_error", "internal error"), status_code=500)
+        return error_response(500, "internal_error", "internal error")
 
     @app.middleware("http")
     async def _trace_header(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -374,6 +449,8 @@ def create_app(
             response.headers["X-Trace-Id"] = trace_id  # the trace to look up in Grafana/Tempo
         return response
 
+    # Outermost of the app's own middleware: it sees every answer, the internal credential's 401 too.
+    app.add_middleware(HttpMetricsMiddleware, service=service_name)
     _instrument(app)
     return app
 
@@ -386,6 +463,58 @@ def _allowed_methods(app: FastAPI, path: str) -> list[str]:
         if isinstance(route, Route) and context.path and compile_path(context.path)[0].match(path):
             methods |= route.methods or set()
     return sorted(methods)
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED_ROUTE = "<unmatched>"
+
+
+def route_template(scope: Scope) -> str:
+    """The template of the route that answered (``/v1/models/{model}``), never the raw path:
+    ``<unmatched>`` when no route did (an unknown path, or a call refused before routing)."""
+    fastapi_scope = scope.get("fastapi")
+    context = fastapi_scope.get("effective_route_context") if isinstance(fastapi_scope, dict) else None
+    path = getattr(context, "path_format", None) or getattr(scope.get("route"), "path_format", None)
+    return path if isinstance(path, str) else UNMATCHED_ROUTE
+
+
+class HttpMetricsMiddleware:
+    """Counts and times every HTTP answer by method, route template and status.
+
+    The time runs until the last byte of the answer (the end of a stream, for a streamed one).
+    ``lmforge_http_request_errors_total`` counts server errors: 5xx answers, and answers that
+    failed after they had begun (a stream cut by an exception keeps its 200 in the status label).
+    """
+
+    def __init__(self, app: ASGIApp, service: str) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status, failed = time.perf_counter(), 0, False
+
+        async def sending(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception:
+            failed = True
+            raise
+        finally:
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+            route = route_template(scope)
+            code = str(status or 500)  # no answer begun: the server error handler answers 500
+            http_requests.labels(self.service, method, route, code).inc()
+            http_request_seconds.labels(self.service, method, route).observe(time.perf_counter() - started)
+            if failed or status >= 500 or not status:
+                http_request_errors.labels(self.service, method, route, code).inc()
 
 
 def _code_for(status: int) -> str:

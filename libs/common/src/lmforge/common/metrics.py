@@ -38,3 +38,21 @@ loop_failures = Counter(
 )
 loop_up = Gauge("lmforge_loop_up", "1 while a supervised loop is running, 0 while it waits to restart.", LOOP_LABELS)
 outbox_relay_errors = Counter("lmforge_outbox_relay_errors_total", "Relay passes that failed (broker or database).")
+
+# Every HTTP answer of every service (lmforge.common.http.create_app): the route is the template
+# (/v1/models/{model}), never the raw path, so the series stay few.
+HTTP_LABELS = ("service", "method", "route", "status")
+http_requests = Counter(
+    "lmforge_http_requests_total", "HTTP answers, by method, route template and status.", HTTP_LABELS
+)
+http_request_errors = Counter(
+    "lmforge_http_request_errors_total",
+    "HTTP server errors: 5xx answers and answers that failed after they began (a cut stream).",
+    HTTP_LABELS,
+)
+http_request_seconds = Histogram(
+    "lmforge_http_request_seconds",
+    "HTTP request latency until the answer's last byte (a stream's end), by method and route template.",
+    ("service", "method", "route"),
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)

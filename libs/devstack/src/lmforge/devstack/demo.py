@@ -187,7 +187,7 @@ def run_demo(
         )
 
         def promoted() -> Any:
-            models = {m["name"]: m for m in api.get("/v1/models").json()}
+            models = {m["name"]: m for m in api.get("/v1/registry/models").json()}
             m = models.get(model_name)
             return m if m and "production" in m["aliases"] else None
 

@@ -1,5 +1,7 @@
 """The public API, ``/v1``: every route names the scope it needs, its answer and its errors.
 
+(The OpenAI-compatible ``/v1/models`` is in ``openai_api``.)
+
 Order of checks on every route: the API key (401), its scope (403), the key's request rate (429),
 then the request (422), then the work. Internal URLs are built with ``url_path`` from quoted
 segments, calls to services name the caller's key (``principal=``), and what comes back from a
@@ -210,9 +212,11 @@ def _public_version(version: dict[str, Any]) -> dict[str, Any]:
     return version | {"deployment": deployment}
 
 
-@router.get("/models", response_model=list[Model], responses=DOWNSTREAM)
-async def list_models(request: Request, who: Annotated[Principal, Depends(require(Scope.MODELS_READ))]) -> Any:
-    """Models, their versions (metrics, gate result, deployment state) and aliases."""
+@router.get("/registry/models", response_model=list[Model], responses=DOWNSTREAM)
+async def list_registry_models(request: Request, who: Annotated[Principal, Depends(require(Scope.MODELS_READ))]) -> Any:
+    """The registry's models, their versions (metrics, gate result, deployment state) and aliases.
+
+    (``GET /v1/models`` is the OpenAI-compatible list of what answers completions right now.)"""
     models = await _downstream(request).json("registry", "GET", url_path("models"), principal=who.forwarded())
     return [m | {"versions": [_public_version(v) for v in m["versions"]]} for m in models]
 

@@ -12,7 +12,7 @@ from lmforge.common.events import Topic
 from lmforge.common.http import create_app
 from lmforge.common.service import ServiceRuntime
 
-from . import api
+from . import api, openai_api
 from .auth import sync_bootstrap_key
 from .downstream import Downstream, PassThrough
 from .quotas import Quotas
@@ -49,4 +49,5 @@ def build_app(settings: GatewaySettings | None = None) -> FastAPI:
         return exc.response()
 
     app.include_router(api.router)
+    app.include_router(openai_api.router)
     return app

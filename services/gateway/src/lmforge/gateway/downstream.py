@@ -17,7 +17,7 @@ import httpx
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse, Response
 
-from lmforge.common.http import CallerPrincipal, error_body, internal_headers
+from lmforge.common.http import CallerPrincipal, error_body, error_type, internal_headers
 from lmforge.common.redaction import describe_error
 from lmforge.common.telemetry import get_logger
 
@@ -116,15 +116,27 @@ class PassThrough(Exception):
     def __init__(self, resp: httpx.Response) -> None:
         self.resp = resp
 
-    def response(self) -> Response:
+    def response(self, status_code: int | None = None, params: dict[str, str] | None = None) -> Response:
+        """The client's answer: the service's error, in the gateway's error shape (``type`` and
+        ``param`` filled in where the service left them out); ``status_code`` replaces its status,
+        ``params`` names the field an error code is about where the service named none."""
+        status = status_code or self.resp.status_code
         try:
             body = self.resp.json()
         except ValueError:
             body = None
-        if not (isinstance(body, dict) and isinstance(body.get("error"), dict)):
-            body = error_body("upstream_rejected", f"the request was refused ({self.resp.status_code})")
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
+            error = dict(body["error"])
+            error["type"] = error_type(status)
+            error.setdefault("code", "upstream_rejected")
+            if error.get("param") is None:
+                error["param"] = (params or {}).get(str(error["code"]))
+            error["message"] = str(error.get("message", ""))
+            body = {"error": error}
+        else:
+            body = error_body("upstream_rejected", f"the request was refused ({self.resp.status_code})", status=status)
         headers = {k: v for k, v in self.resp.headers.items() if k.lower() in ("retry-after", "www-authenticate")}
-        return JSONResponse(body, status_code=self.resp.status_code, headers=headers)
+        return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _code(resp: httpx.Response) -> str:

@@ -276,6 +276,23 @@ class CompletionResponse(BaseModel):
     lmforge: ServedBy
 
 
+# --- /v1/models ------------------------------------------------------------------------------
+
+
+class ModelObject(BaseModel):
+    """A model id a completion may name: a served name, `name@alias` or `name@v<version>`."""
+
+    id: str
+    object: Literal["model"]
+    created: int = Field(description="Unix seconds: when what answers under this id was deployed.")
+    owned_by: Literal["lmforge"]
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelObject]
+
+
 # --- API keys --------------------------------------------------------------------------------
 
 MAX_KEY_LIFETIME_S = 10 * 365 * 24 * 3600
