@@ -136,6 +136,10 @@ def examples(w: World) -> dict[str, tuple[dict[str, str], dict[str, Any]]]:
         "GET /v1/models/{model}": ({"model": f"{MODEL}@v{w.model_version}"}, {}),
         "GET /v1/models/{name}/versions/{version}/lineage": ({"name": MODEL, "version": str(w.model_version)}, {}),
         "POST /v1/completions": ({}, {"json": {"model": f"{MODEL}@production", "prompt": "Hi", "max_tokens": 2}}),
+        "POST /v1/chat/completions": (
+            {},
+            {"json": {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}},
+        ),
         "POST /v1/records": ({}, {"json": {"source": "crm", "source_id": "matrix-1", "text": "Customer: hello"}}),
         "POST /v1/datasets/{name}/versions": ({"name": DATASET}, {"json": {"sources": ["crm"]}}),
         "GET /v1/api-keys": ({}, {}),

@@ -1,6 +1,6 @@
 """The public API, ``/v1``: every route names the scope it needs, its answer and its errors.
 
-(The OpenAI-compatible ``/v1/models`` is in ``openai_api``.)
+(The OpenAI-compatible routes, completions and ``/v1/models``, are in ``openai_api``.)
 
 Order of checks on every route: the API key (401), its scope (403), the key's request rate (429),
 then the request (422), then the work. Internal URLs are built with ``url_path`` from quoted
@@ -10,7 +10,6 @@ service is validated into a public model (``schemas``), which leaves internal fi
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -33,9 +32,6 @@ from .schemas import (
     ApiKeyCreated,
     ApiKeyId,
     ApiKeyRequest,
-    CompletionChoice,
-    CompletionRequest,
-    CompletionResponse,
     DatasetManifest,
     DatasetVersion,
     DatasetVersionRequest,
@@ -43,12 +39,10 @@ from .schemas import (
     Lineage,
     Model,
     PipelineStats,
-    ServedBy,
     TrainingJob,
     TrainingJobAccepted,
     TrainingJobCancelled,
     TrainingJobRequest,
-    Usage,
 )
 
 # Every /v1 route: the key (401), its scope (403), a malformed request (422), too many requests
@@ -266,61 +260,6 @@ async def lineage(
     dataset |= {k: manifest[k] for k in ("record_count", "split_counts", "config_hash", "source_offsets")}
     dataset["record_ids"] = [r["record_id"] for r in manifest["records"]]
     return _public_version(info) | {"dataset": dataset}
-
-
-@router.post("/completions", response_model=CompletionResponse, responses=error_responses(404) | DOWNSTREAM)
-async def completions(
-    request: Request, body: CompletionRequest, who: Annotated[Principal, Depends(require(Scope.COMPLETIONS))]
-) -> CompletionResponse:
-    """OpenAI-compatible completions; the answer names the model version that produced it.
-
-    ``429`` (``token_quota_exceeded``) when the answer could take more completion tokens than this
-    key has left today for this model (``max_tokens`` times the number of prompts); the tokens
-    each answer used are counted against that budget.
-    """
-    model, _, alias = body.model.partition("@")
-    choices, served = [], None
-    usage = Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
-    down, quotas = _downstream(request), _quotas(request)
-    prompts = body.prompts()
-    await quotas.check_completion(who, model, body.max_tokens * len(prompts))
-    principal = who.forwarded()
-    for i, prompt in enumerate(prompts):
-        out = await down.json(
-            "inference",
-            "POST",
-            url_path("generate"),
-            principal=principal,
-            json={
-                "model": model,
-                "alias": alias or "production",
-                "prompt": prompt,
-                "max_tokens": body.max_tokens,
-                "temperature": body.temperature,
-                "caller": body.user or who.key_id,
-            },
-            timeout=down.settings.completion_timeout_s,
-        )
-        await quotas.count_completion(who, model, out["usage"]["completion_tokens"])
-        served = ServedBy(model=model, alias=out["alias"], version=out["version"], triton_model=out["triton_model"])
-        choices.append(
-            CompletionChoice(
-                text=out["text"],
-                index=i,
-                finish_reason="length" if out["usage"]["completion_tokens"] >= body.max_tokens else "stop",
-            )
-        )
-        usage = Usage(**{k: getattr(usage, k) + out["usage"][k] for k in Usage.model_fields})
-    assert served is not None  # at least one prompt, by the request's schema
-    return CompletionResponse(
-        id=f"cmpl-{uuid.uuid4().hex[:24]}",
-        object="text_completion",
-        created=int(time.time()),
-        model=f"{model}@v{served.version}",
-        choices=choices,
-        usage=usage,
-        lmforge=served,
-    )
 
 
 # --- API keys: admin only; no answer carries a stored secret or its hash -----------------------

@@ -8,10 +8,12 @@ every integer has bounds (``lmforge.common.names``).
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic_core import PydanticCustomError
 
 from lmforge.common.events import DeploymentState, Hyperparameters, JobState
 from lmforge.common.names import (
@@ -224,33 +226,184 @@ class Lineage(ModelVersion):
     dataset: LineageDataset
 
 
-# --- completions -----------------------------------------------------------------------------
+# --- the OpenAI-compatible routes ------------------------------------------------------------
+#
+# Requests: the fields lmforge honours are declared; a field OpenAI defines that lmforge does not
+# support is accepted only with its neutral value (null, 0, false, ...) and refused (400, naming
+# it) with any other; a field nobody defines is refused too. Nothing is silently ignored.
+
+DEFAULT_MAX_TOKENS = 16  # OpenAI's completions default, used for chat too: no answer runs to the context's end
+MAX_CHOICES = 8  # n
+MAX_STOP = 4
+MAX_STOP_CHARS = 100
+MAX_MESSAGES = 64
+MAX_CONTENT_PARTS = 32
+MAX_SEED = 2**63 - 1
+
+Stop = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS, pattern=NO_NUL_PATTERN)]
 
 
-class CompletionRequest(StrictBody):
-    """The OpenAI completions request (the fields lmforge honours)."""
+def _neutral(value: Any, allowed: tuple[Any, ...]) -> bool:
+    """``value`` is one of ``allowed`` (``True`` is not ``1``, ``0.0`` is ``0``)."""
+    return any(value == a and isinstance(value, bool) == isinstance(a, bool) for a in allowed)
 
-    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields lmforge does not use
 
-    model: ModelReference
+def _refuse_unsupported(data: Any, declared: set[str], unsupported: dict[str, tuple[Any, ...]]) -> Any:
+    """Drop the unsupported fields sent with a neutral value; refuse any other and every unknown field."""
+    if not isinstance(data, dict):
+        return data
+    refused = [
+        f"{k}={json.dumps(v)[:40]}"
+        for k, v in data.items()
+        if k in unsupported and v is not None and not _neutral(v, unsupported[k])
+    ]
+    unknown = [k[:40] for k in data if k not in declared and k not in unsupported]
+    if refused or unknown:
+        parts = [f"not supported by lmforge: {', '.join(refused[:5])}"] if refused else []
+        parts += [f"unknown field{'s' if len(unknown) > 1 else ''}: {', '.join(unknown[:5])}"] if unknown else []
+        first = (refused[0].partition("=")[0]) if refused else unknown[0]
+        raise PydanticCustomError(
+            "unsupported_parameter",
+            "{detail}",
+            {"detail": "; ".join(parts), "param": first, "code": "unsupported_parameter"},
+        )
+    return {k: v for k, v in data.items() if k not in unsupported}
+
+
+# Shared by both routes: OpenAI's neutral values of what lmforge does not do.
+_UNSUPPORTED_SAMPLING: dict[str, tuple[Any, ...]] = {
+    "stream": (False,),
+    "stream_options": (),
+    "logit_bias": ({},),
+    "presence_penalty": (0,),
+    "frequency_penalty": (0,),
+}
+_UNSUPPORTED_COMPLETION = _UNSUPPORTED_SAMPLING | {
+    "logprobs": (0,),
+    "echo": (False,),
+    "best_of": (1,),
+    "suffix": (),
+}
+_UNSUPPORTED_CHAT = _UNSUPPORTED_SAMPLING | {
+    "logprobs": (False,),
+    "top_logprobs": (0,),
+    "tools": ([],),
+    "tool_choice": ("none",),
+    "functions": ([],),
+    "function_call": ("none",),
+    "parallel_tool_calls": (),
+    "response_format": ({"type": "text"},),
+    "modalities": (["text"],),
+    "audio": (),
+    "prediction": (),
+    "web_search_options": (),
+    "reasoning_effort": (),
+    "verbosity": (),
+    "service_tier": ("auto", "default"),
+    "store": (False,),
+    "metadata": ({},),
+    "prompt_cache_key": (),
+    "safety_identifier": (),
+}
+# What an assistant message read back from a chat completion may carry: accepted when empty.
+_UNSUPPORTED_MESSAGE: dict[str, tuple[Any, ...]] = {
+    "name": (),
+    "refusal": (),
+    "tool_calls": ([],),
+    "tool_call_id": (),
+    "function_call": (),
+    "audio": (),
+    "annotations": ([],),
+}
+
+
+class SamplingRequest(StrictBody):
+    """What both routes share: the model, sampling, stop sequences, ``n``, the caller."""
+
+    _unsupported: ClassVar[dict[str, tuple[Any, ...]]] = _UNSUPPORTED_SAMPLING
+
+    model: ModelReference = Field(
+        description="`name` (its production alias), `name@alias`, or `name@v<version>`: as `GET /v1/models` lists them."
+    )
+    max_tokens: int | None = Field(
+        default=None, ge=1, le=MAX_COMPLETION_TOKENS, description=f"New tokens at most (default {DEFAULT_MAX_TOKENS})."
+    )
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0, description="0 (the default) is greedy.")
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0, description="Nucleus sampling; 1 (the default) is off.")
+    n: int | None = Field(default=None, ge=1, le=MAX_CHOICES, description="Choices per prompt, generated concurrently.")
+    stop: Stop | Annotated[list[Stop], Field(max_length=MAX_STOP)] | None = Field(
+        default=None, description=f"Up to {MAX_STOP} sequences; the text ends before the first one."
+    )
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Sampling seed, for repeatable samples.")
+    user: str | None = Field(
+        default=None,
+        max_length=200,
+        pattern=NO_NUL_PATTERN,
+        description="The end user: traffic splits are sticky per user (default: the API key).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_what_lmforge_supports(cls, data: Any) -> Any:
+        return _refuse_unsupported(data, set(cls.model_fields), cls._unsupported)
+
+    def new_tokens(self) -> int:
+        return self.max_tokens or DEFAULT_MAX_TOKENS
+
+    def stop_sequences(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    def choices_per_prompt(self) -> int:
+        return self.n or 1
+
+
+class CompletionRequest(SamplingRequest):
+    """OpenAI's completions request: the fields lmforge honours."""
+
+    _unsupported = _UNSUPPORTED_COMPLETION
+
     prompt: Prompt | Annotated[list[Prompt], Field(min_length=1, max_length=MAX_PROMPTS)] = Field(
         description=f"One prompt, or 1 to {MAX_PROMPTS} prompts (each up to {MAX_PROMPT_CHARS} characters)."
-    )
-    max_tokens: int = Field(default=16, ge=1, le=MAX_COMPLETION_TOKENS)
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
-    user: str | None = Field(
-        default=None, max_length=200, pattern=NO_NUL_PATTERN, description="Traffic splits are sticky per user."
     )
 
     def prompts(self) -> list[str]:
         return self.prompt if isinstance(self.prompt, list) else [self.prompt]
 
 
-class CompletionChoice(BaseModel):
-    text: str
-    index: int
-    logprobs: None = None
-    finish_reason: Literal["stop", "length"]
+class TextPart(StrictBody):
+    type: Literal["text"]
+    text: Prompt
+
+
+class ChatMessage(StrictBody):
+    """A message: system (or developer), user or assistant; its content a string or text parts."""
+
+    role: Literal["system", "developer", "user", "assistant"] = Field(description="`developer` is read as `system`.")
+    content: Prompt | Annotated[list[TextPart], Field(min_length=1, max_length=MAX_CONTENT_PARTS)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_what_lmforge_supports(cls, data: Any) -> Any:
+        return _refuse_unsupported(data, set(cls.model_fields), _UNSUPPORTED_MESSAGE)
+
+    def forwarded(self) -> dict[str, str]:
+        """What the model runtime gets: ``{"role", "content"}``, text parts joined by newlines."""
+        content = self.content if isinstance(self.content, str) else "\n".join(p.text for p in self.content)
+        return {"role": "system" if self.role == "developer" else self.role, "content": content}
+
+
+class ChatCompletionRequest(SamplingRequest):
+    """OpenAI's chat completions request: the fields lmforge honours."""
+
+    _unsupported = _UNSUPPORTED_CHAT
+
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
+    max_completion_tokens: int | None = Field(
+        default=None, ge=1, le=MAX_COMPLETION_TOKENS, description="New tokens at most; wins over `max_tokens`."
+    )
+
+    def new_tokens(self) -> int:
+        return self.max_completion_tokens or super().new_tokens()
 
 
 class Usage(BaseModel):
@@ -260,23 +413,53 @@ class Usage(BaseModel):
 
 
 class ServedBy(BaseModel):
+    """lmforge's own field: which model, alias and version answered, on which Triton model."""
+
     model: str
-    alias: str
+    alias: str | None = Field(description="Null when the request named a version.")
     version: int
     triton_model: str
+
+
+class CompletionChoice(BaseModel):
+    text: str
+    index: int
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"]
 
 
 class CompletionResponse(BaseModel):
     id: str
     object: Literal["text_completion"]
     created: int
-    model: str = Field(description="`name@v<version>`: the version that answered")
+    model: str = Field(description="`name@v<version>`: the version that answered (also X-Lmforge-Model-Version)")
+    system_fingerprint: str | None = None
     choices: list[CompletionChoice]
     usage: Usage
     lmforge: ServedBy
 
 
-# --- /v1/models ------------------------------------------------------------------------------
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str = Field(description="`name@v<version>`: the version that answered (also X-Lmforge-Model-Version)")
+    system_fingerprint: str | None = None
+    choices: list[ChatChoice]
+    usage: Usage
+    lmforge: ServedBy
 
 
 class ModelObject(BaseModel):
