@@ -2,9 +2,10 @@
 in process on the real broker and a database, inference's internal API on a real port.
 
 What is checked: the request each choice becomes, ``n`` fanned out at once, choice indexes and
-usage, the version in ``model`` and in the headers, 400 for what fails validation or is not
-supported, errors passed through in OpenAI's shape, and token quotas charged with what was used.
-The real inference and Triton are in ``tests/e2e/test_openai_sdk.py``.
+usage, the version in ``model`` and in the headers, server-sent events in OpenAI's chunk format,
+400 for what fails validation or is not supported, errors passed through in OpenAI's shape, and
+token quotas charged with what was used, streams included. The real inference and Triton are in
+``tests/e2e/test_openai_sdk.py``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from fastapi import FastAPI
 
 from lmforge.common.settings import KafkaSettings
 from lmforge.gateway.auth import Principal
+from lmforge.gateway.openai_api import Fanout, StreamShape, Target, _events, _payloads
+from lmforge.gateway.schemas import CompletionRequest
 
 from .apps import bearer, gateway_settings, new_key, running
 from .fake_inference import CONTEXT_LENGTH, CREATED, FakeInference, serving
@@ -45,6 +48,17 @@ async def started(
 @pytest.fixture
 async def gateway(started: tuple[FastAPI, httpx.AsyncClient, dict[str, Any]]) -> httpx.AsyncClient:
     return started[1]
+
+
+def sse(text: str) -> list[Any]:
+    """The events of a server-sent event stream: each ``data:`` payload, parsed ("[DONE]" as is)."""
+    events = []
+    for block in text.split("\n\n"):
+        if block.strip():
+            assert block.startswith("data: ") and "\n" not in block, block
+            data = block.removeprefix("data: ")
+            events.append(data if data == "[DONE]" else json.loads(data))
+    return events
 
 
 # --- /v1/models ----------------------------------------------------------------------------
@@ -221,7 +235,6 @@ async def test_stop_sequences_end_the_text(gateway: httpx.AsyncClient, fake: Fak
         ({"presence_penalty": 0.5}, "presence_penalty"),
         ({"frequency_penalty": -1}, "frequency_penalty"),
         ({"stream_everything": True}, "stream_everything"),
-        ({"stream": True}, "stream"),  # not yet
         ({"tools": [{"type": "function"}]}, "tools"),  # a chat field: unknown here
     ],
 )
@@ -329,17 +342,85 @@ async def test_malformed_json_is_400(gateway: httpx.AsyncClient) -> None:
 
 async def test_context_overflow_is_400_naming_the_limit(gateway: httpx.AsyncClient) -> None:
     long_prompt = " ".join(["word"] * 60)
-    r = await gateway.post("/v1/completions", json={"model": "support", "prompt": long_prompt, "max_tokens": 10})
-    assert r.status_code == 400, r.text
-    error = r.json()["error"]
-    assert error["code"] == "context_length_exceeded" and error["type"] == "invalid_request_error"
-    assert str(CONTEXT_LENGTH) in error["message"] and error["param"] == "prompt"
+    for stream in (False, True):
+        r = await gateway.post(
+            "/v1/completions", json={"model": "support", "prompt": long_prompt, "max_tokens": 10, "stream": stream}
+        )
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["code"] == "context_length_exceeded" and error["type"] == "invalid_request_error"
+        assert str(CONTEXT_LENGTH) in error["message"] and error["param"] == "prompt"
     r = await gateway.post(
         "/v1/chat/completions",
         json={"model": "support", "messages": [{"role": "user", "content": long_prompt}], "max_tokens": 10},
     )
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
     assert str(CONTEXT_LENGTH) in r.json()["error"]["message"]
+
+
+# --- streams ---------------------------------------------------------------------------------
+
+
+async def test_a_chat_stream_is_openai_chunks_ending_with_done(gateway: httpx.AsyncClient) -> None:
+    body = {
+        "model": "support",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 4,
+        "n": 2,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    async with gateway.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        assert r.headers["x-lmforge-model-version"] == "support@v3" and r.headers["x-lmforge-cache"] == "miss"
+        events = sse((await r.aread()).decode())
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+    assert {c["model"] for c in chunks} == {"support@v3"} and len({c["id"] for c in chunks}) == 1
+    *choice_chunks, usage = chunks
+    assert usage["choices"] == [] and usage["usage"] == {"prompt_tokens": 4, "completion_tokens": 8, "total_tokens": 12}
+    assert all(c["usage"] is None for c in choice_chunks)
+    for index in (0, 1):
+        mine = [c["choices"][0] for c in choice_chunks if c["choices"][0]["index"] == index]
+        assert mine[0]["delta"] == {"role": "assistant", "content": ""}  # the first delta names the role
+        content = [m["delta"]["content"] for m in mine[1:] if "content" in m["delta"]]
+        assert len(content) > 1 and "".join(content) == " t0 t1 t2 t3"
+        assert mine[-1]["finish_reason"] == "length" and mine[-1]["delta"] == {}
+        assert all(m["finish_reason"] is None for m in mine[:-1])
+
+
+async def test_a_completion_stream_is_text_completion_chunks(gateway: httpx.AsyncClient) -> None:
+    body = {"model": "support@canary", "prompt": ["a", "b c"], "max_tokens": 3, "stream": True}
+    r = await gateway.post("/v1/completions", json=body)
+    assert r.status_code == 200 and r.headers["x-lmforge-model-version"] == "support@v4"
+    events = sse(r.text)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert all(c["object"] == "text_completion" and c["model"] == "support@v4" for c in chunks)
+    assert all("usage" not in c for c in chunks)  # not asked for
+    for index in (0, 1):
+        mine = [c["choices"][0] for c in chunks if c["choices"][0]["index"] == index]
+        assert "".join(m["text"] for m in mine) == " t0 t1 t2" and len(mine) > 1
+        assert mine[-1]["finish_reason"] == "length"
+
+
+async def test_a_stream_that_fails_midway_ends_with_an_error_event(
+    gateway: httpx.AsyncClient, started: tuple[FastAPI, httpx.AsyncClient, dict[str, Any]]
+) -> None:
+    app, _, key = started
+    body = {"model": "support", "prompt": "fail-midway now", "max_tokens": 6, "stream": True}
+    r = await gateway.post("/v1/completions", json=body)
+    assert r.status_code == 200
+    events = sse(r.text)
+    assert "[DONE]" not in events
+    assert [e["choices"][0]["text"] for e in events[:-1]] == [" t0", " t1"]
+    error = events[-1]["error"]
+    assert error["code"] == "triton_error" and error["type"] == "api_error"
+    assert "/var/lib" not in error["message"] and "<internal>" in error["message"]
+    # The two deltas sent were charged.
+    assert await app.state.quotas.tokens_used(_principal(key), "support") == 2
 
 
 def _principal(key: dict[str, Any], tokens_per_day: int = 1000) -> Principal:
@@ -352,7 +433,7 @@ def _principal(key: dict[str, Any], tokens_per_day: int = 1000) -> Principal:
 # --- quotas ----------------------------------------------------------------------------------
 
 
-async def test_the_token_quota_counts_n_and_what_was_used(
+async def test_the_token_quota_counts_n_and_what_streams_used(
     started: tuple[FastAPI, httpx.AsyncClient, dict[str, Any]], fake: FakeInference
 ) -> None:
     app, client, _ = started
@@ -371,12 +452,44 @@ async def test_the_token_quota_counts_n_and_what_was_used(
     assert r.status_code == 200
     principal = _principal(key, 30)
     assert await app.state.quotas.tokens_used(principal, "support") == 8
-    body = {"model": "support", "messages": [{"role": "user", "content": "a"}], "n": 3, "max_tokens": 4}
+    body = {"model": "support", "messages": [{"role": "user", "content": "a"}], "n": 3, "max_tokens": 4, "stream": True}
     r = await client.post("/v1/chat/completions", json=body, headers=headers)
-    assert r.status_code == 200
+    assert r.status_code == 200 and sse(r.text)[-1] == "[DONE]"
     assert await app.state.quotas.tokens_used(principal, "support") == 20
     # Quotas are per model and the alias or version does not matter: 20 of 30 spent on support.
     r = await client.post(
         "/v1/completions", json={"model": "support@v4", "prompt": "a", "n": 3, "max_tokens": 4}, headers=headers
     )
     assert r.status_code == 429
+
+
+async def test_a_stream_left_by_its_client_stops_and_is_charged(fake: FakeInference) -> None:
+    """What the route does when the client goes away: the generator is closed after one event;
+    the streams to inference are closed and the deltas read so far are charged."""
+    fake.delay_s = 0.05
+    charged: list[int] = []
+
+    async def charge(tokens: int) -> None:
+        charged.append(tokens)
+
+    async with serving(fake) as url:
+        from lmforge.gateway.downstream import Downstream
+        from lmforge.gateway.settings import GatewaySettings
+
+        from ..helpers import INTERNAL_AUTH
+
+        down = Downstream(GatewaySettings(inference_url=url, internal=INTERNAL_AUTH))
+        try:
+            body = CompletionRequest(model="support", prompt="a", max_tokens=40, n=2, stream=True)
+            payloads = _payloads(body, Target.parse(body.model), "alice", [{"prompt": "a"}], stream=True)
+            fan = Fanout(down, _principal({"key_id": "k"}).forwarded(), payloads, timeout=10)
+            await fan.open()
+            shape = StreamShape(chat=False, id="cmpl-1", created=0, model="support@v3", include_usage=False)
+            events = _events(fan, shape, 2, charge)
+            seen = [await anext(events) for _ in range(3)]
+            assert all(e.startswith(b"data: ") for e in seen)
+            await events.aclose()
+        finally:
+            await down.aclose()
+    assert charged == [3], charged  # three deltas were read before the client left
+    assert fake.in_flight == 0

@@ -11,6 +11,8 @@ for a client, the client's API key as ``X-Lmforge-Principal``. No header a clien
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -53,10 +55,38 @@ class Downstream:
     ) -> httpx.Response:
         """One request to ``service``; ``path`` comes from ``lmforge.common.names.url_path``;
         ``principal``: the API key the call is made for."""
+        return await self._send(service, method, path, principal=principal, stream=False, **kwargs)
+
+    @asynccontextmanager
+    async def stream(
+        self, service: str, method: str, path: str, *, principal: CallerPrincipal | None = None, **kwargs: Any
+    ) -> AsyncIterator[httpx.Response]:
+        """``call``, with the answer's body still to be read (``aiter_lines``); closed on leaving.
+
+        The status and headers are checked before it is handed over: a 4xx is raised as
+        ``PassThrough``, a failure as ``call`` raises it."""
+        resp = await self._send(service, method, path, principal=principal, stream=True, **kwargs)
+        try:
+            if resp.status_code >= 400:
+                await resp.aread()
+                raise PassThrough(resp)
+            yield resp
+        finally:
+            await resp.aclose()
+
+    async def _send(
+        self, service: str, method: str, path: str, *, principal: CallerPrincipal | None, stream: bool, **kwargs: Any
+    ) -> httpx.Response:
         if principal is not None:
             kwargs["headers"] = {**kwargs.get("headers", {}), **principal.header()}
+        client = self.clients[service]
         try:
-            resp = await self.clients[service].request(method, path, **kwargs)
+            resp = await client.send(client.build_request(method, path, **kwargs), stream=stream)
+            if stream and (resp.status_code == 401 or resp.status_code >= 500):
+                try:
+                    await resp.aread()  # for the log below; the answer is a failure either way
+                finally:
+                    await resp.aclose()
         except httpx.TimeoutException as exc:
             log.warning("downstream timeout", service=service, path=path, error=describe_error(exc))
             raise HTTPException(

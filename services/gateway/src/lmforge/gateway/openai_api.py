@@ -10,29 +10,37 @@ What an OpenAI client sends and reads, on top of the inference service's interna
   batched together in Triton; choice ``j`` of prompt ``i`` has index ``i * n + j``, and, given a
   ``seed``, samples with ``seed + j``.
 - The token quota is checked up front for ``max_tokens`` x prompts x ``n`` and charged with the
-  tokens used.
-- Every answer names the version that produced it: ``model`` is ``name@v<n>`` and the
-  ``X-Lmforge-Model-Version`` header. ``X-Lmforge-Cache`` passes through (``partial`` when the
-  choices of one request disagree).
+  tokens used, for streams too (where a stream is cut before its end, with the deltas it sent).
+- Every answer names the version that produced it: ``model`` is ``name@v<n>`` (in every chunk of
+  a stream) and the ``X-Lmforge-Model-Version`` header, sent before the first chunk.
+  ``X-Lmforge-Cache`` passes through (``partial`` when the choices of one request disagree).
+- ``stream: true``: server-sent events in OpenAI's chunk format, ending with ``data: [DONE]``; a
+  failure after the stream began is a last ``data: {"error": {...}}`` event.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import anyio
 import httpx
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmforge.common.http import (
+    CallerPrincipal,
+    error_body,
     error_responses,
+    public_text,
     undecodable_body_response,
     validation_error_response,
 )
@@ -102,7 +110,13 @@ _VERSION_HEADERS = {
     },
     CACHE_HEADER: {"description": "`hit`, `miss` or `partial`: from inference's cache.", "schema": {"type": "string"}},
 }
-_STREAMED = {200: {"description": "The completion.", "headers": _VERSION_HEADERS}}
+_STREAMED = {
+    200: {
+        "description": "The completion; with `stream: true`, server-sent events (`data: <chunk>` ..., `data: [DONE]`).",
+        "headers": _VERSION_HEADERS,
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
 
 
 def _downstream(request: Request) -> Downstream:
@@ -303,11 +317,240 @@ async def _generate(
     return answers, usage
 
 
+# --- streams ---------------------------------------------------------------------------------
+
+_END: dict[str, Any] = {}  # a stream's end (identity-compared)
+_CUT = {"code": "upstream_error", "message": "the answer was cut short by a platform failure"}
+
+
+class Fanout:
+    """The choices of one request, streamed from inference at once and read into one queue.
+
+    ``open`` returns once every stream has answered its headers (or raises the first failure:
+    a 4xx as ``PassThrough``, anything else as the gateway's error); each stream is read as soon
+    as it opened, so none waits on another. ``events`` yields ``(choice index, line)``.
+    """
+
+    def __init__(
+        self, down: Downstream, principal: CallerPrincipal, payloads: list[dict[str, Any]], timeout: float
+    ) -> None:
+        self.down, self.principal, self.payloads, self.timeout = down, principal, payloads, timeout
+        self.queue: asyncio.Queue[tuple[int, dict[str, Any]]] = asyncio.Queue()
+        self.opened: list[asyncio.Future[httpx.Headers]] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self.finished = [False] * len(payloads)
+        self.deltas = [0] * len(payloads)
+        self.usage: list[Usage | None] = [None] * len(payloads)
+
+    async def open(self) -> list[httpx.Headers]:
+        loop = asyncio.get_running_loop()
+        self.opened = [loop.create_future() for _ in self.payloads]
+        self.tasks = [asyncio.create_task(self._pump(i, p)) for i, p in enumerate(self.payloads)]
+        try:
+            pending: set[asyncio.Future[httpx.Headers]] = set(self.opened)
+            while pending:
+                _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+                failed = [f for f in self.opened if f.done() and not f.cancelled() and f.exception()]
+                if failed:
+                    raise failed[0].exception()  # type: ignore[misc]
+        except BaseException:
+            await self.aclose()
+            raise
+        return [f.result() for f in self.opened]
+
+    async def _pump(self, i: int, payload: dict[str, Any]) -> None:
+        try:
+            async with self.down.stream(
+                "inference", "POST", url_path("generate"), principal=self.principal, json=payload, timeout=self.timeout
+            ) as resp:
+                self.opened[i].set_result(resp.headers)
+                async for line in resp.aiter_lines():
+                    if line.strip():
+                        await self.queue.put((i, _line(line)))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a stream's failure is told to the client, never raised here
+            if not self.opened[i].done():
+                self.opened[i].set_exception(exc)
+                return
+            log.warning("a completion stream failed", error=type(exc).__name__)
+            await self.queue.put((i, {"error": _CUT}))
+        await self.queue.put((i, _END))
+
+    async def events(self) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+        """Lines as they come, from every stream; a stream that ends without its last line is an error."""
+        running = len(self.tasks)
+        while running:
+            i, line = await self.queue.get()
+            if line is _END:
+                running -= 1
+                if not self.finished[i]:
+                    yield i, {"error": _CUT}
+                continue
+            if "error" not in line:
+                if line.get("text"):
+                    self.deltas[i] += 1
+                if line.get("finish_reason"):
+                    self.finished[i] = True
+                    try:
+                        self.usage[i] = Usage.model_validate(line.get("usage"))
+                    except ValueError:
+                        self.usage[i] = None
+            yield i, line
+
+    def tokens_spent(self) -> int:
+        """Completion tokens used: as reported where a stream finished, else one per delta sent."""
+        return sum(u.completion_tokens if u is not None else d for u, d in zip(self.usage, self.deltas, strict=True))
+
+    async def aclose(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for future in self.opened:
+            if future.done() and not future.cancelled():
+                future.exception()  # retrieved: a failure told once is not logged again
+            else:
+                future.cancel()
+
+
+def _line(text: str) -> dict[str, Any]:
+    try:
+        line = json.loads(text)
+    except ValueError:
+        line = None
+    if not isinstance(line, dict):
+        return {"error": {"code": "upstream_error", "message": "a platform service gave an unreadable answer"}}
+    return line
+
+
+def _sse(data: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+
+
+def _stream_error(line: dict[str, Any]) -> dict[str, Any]:
+    """Inference's error line as the client's last event: its code, its message made public."""
+    given = line.get("error")
+    error: dict[str, Any] = given if isinstance(given, dict) else {}
+    code = error.get("code")
+    code = code if isinstance(code, str) and code.isidentifier() else "upstream_error"
+    message = public_text(str(error.get("message") or "the answer failed")) or "the answer failed"
+    return error_body(code, message, status=502)
+
+
+@dataclass
+class StreamShape:
+    """How a stream's chunks look: chat (``delta``) or text completion (``text``)."""
+
+    chat: bool
+    id: str
+    created: int
+    model: str
+    include_usage: bool
+
+    def chunk(self, index: int, text: str | None, finish_reason: str | None, role: bool = False) -> dict[str, Any]:
+        choice: dict[str, Any]
+        if self.chat:
+            delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
+            if text:
+                delta["content"] = text
+            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            base = {"object": "chat.completion.chunk", "system_fingerprint": None}
+        else:
+            choice = {"text": text or "", "index": index, "logprobs": None, "finish_reason": finish_reason}
+            base = {"object": "text_completion"}
+        chunk = {"id": self.id, **base, "created": self.created, "model": self.model, "choices": [choice]}
+        return chunk | ({"usage": None} if self.include_usage else {})
+
+    def usage_chunk(self, usage: Usage) -> dict[str, Any]:
+        base = (
+            {"object": "chat.completion.chunk", "system_fingerprint": None}
+            if self.chat
+            else {"object": "text_completion"}
+        )
+        return {
+            "id": self.id,
+            **base,
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+            "usage": usage.model_dump(),
+        }
+
+
+async def _events(
+    fan: Fanout, shape: StreamShape, n: int, charge: Callable[[int], Coroutine[Any, Any, None]]
+) -> AsyncIterator[bytes]:
+    try:
+        if shape.chat:
+            for index in range(len(fan.payloads)):
+                yield _sse(shape.chunk(index, None, None, role=True))
+        async for index, line in fan.events():
+            if "error" in line:
+                yield _sse(_stream_error(line))
+                return
+            if line.get("text"):
+                yield _sse(shape.chunk(index, str(line["text"]), None))
+            if line.get("finish_reason"):
+                yield _sse(shape.chunk(index, None, _finish(line["finish_reason"])))
+        if shape.include_usage:
+            usage = [u or Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0) for u in fan.usage]
+            yield _sse(
+                shape.usage_chunk(
+                    _usage(
+                        [usage[i].prompt_tokens for i in range(0, len(usage), n)],
+                        sum(u.completion_tokens for u in usage),
+                    )
+                )
+            )
+        yield b"data: [DONE]\n\n"
+    finally:
+        # Also when the client went away: the streams behind it stop, and what was spent is charged.
+        with anyio.CancelScope(shield=True):
+            await fan.aclose()
+            await charge(fan.tokens_spent())
+
+
+async def _stream(
+    request: Request,
+    who: Principal,
+    model: str,
+    payloads: list[dict[str, Any]],
+    n: int,
+    *,
+    chat: bool,
+    include_usage: bool,
+) -> StreamingResponse:
+    down, quotas = _downstream(request), _quotas(request)
+    fan = Fanout(down, who.forwarded(), payloads, down.settings.completion_timeout_s)
+    headers = await fan.open()
+    model_version = headers[0].get(MODEL_VERSION_HEADER) or model
+
+    async def charge(tokens: int) -> None:
+        try:
+            await quotas.count_completion(who, model, tokens)
+        except HTTPException:
+            log.error("the tokens of a stream could not be counted", tokens=tokens)
+
+    shape = StreamShape(
+        chat=chat,
+        id=f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
+        created=int(time.time()),
+        model=model_version,
+        include_usage=include_usage,
+    )
+    return StreamingResponse(
+        _events(fan, shape, n, charge),
+        media_type="text/event-stream",
+        headers=_answer_headers(model_version, _cache([h.get(CACHE_HEADER) for h in headers]))
+        | {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
 async def _prepare(
     request: Request, who: Principal, body: SamplingRequest, inputs: list[dict[str, Any]]
 ) -> tuple[Target, list[dict[str, Any]]]:
     target = Target.parse(body.model)
-    payloads = _payloads(body, target, body.user or who.key_id, inputs, stream=False)
+    payloads = _payloads(body, target, body.user or who.key_id, inputs, bool(body.stream))
     await _quotas(request).check_completion(who, target.model, body.new_tokens() * len(payloads))
     return target, payloads
 
@@ -323,7 +566,7 @@ async def completions(
     body: CompletionRequest,
     who: Annotated[Principal, Depends(require(Scope.COMPLETIONS))],
 ) -> Any:
-    """OpenAI's completions: one prompt or several, ``n`` choices each.
+    """OpenAI's completions: one prompt or several, ``n`` choices each, whole or streamed.
 
     ``429`` (``token_quota_exceeded``) when the answer could take more completion tokens than this
     key has left today for this model (``max_tokens`` x prompts x ``n``); the tokens used are
@@ -332,6 +575,8 @@ async def completions(
     """
     n = body.choices_per_prompt()
     target, payloads = await _prepare(request, who, body, [{"prompt": p} for p in body.prompts()])
+    if body.stream:
+        return await _stream(request, who, target.model, payloads, n, chat=False, include_usage=body.include_usage())
     answers, usage = await _generate(request, who, target.model, payloads, n)
     response.headers.update(_answer_headers(answers[0].model_version, _cache([a.cache for a in answers])))
     return CompletionResponse(
@@ -357,10 +602,12 @@ async def chat_completions(
     who: Annotated[Principal, Depends(require(Scope.COMPLETIONS))],
 ) -> Any:
     """OpenAI's chat completions: the messages go to the model, whose runtime applies its chat
-    template; ``n`` choices. Quotas and errors as for ``/v1/completions``."""
+    template; ``n`` choices, whole or streamed. Quotas and errors as for ``/v1/completions``."""
     n = body.choices_per_prompt()
     messages = [m.forwarded() for m in body.messages]
     target, payloads = await _prepare(request, who, body, [{"messages": messages}])
+    if body.stream:
+        return await _stream(request, who, target.model, payloads, n, chat=True, include_usage=body.include_usage())
     answers, usage = await _generate(request, who, target.model, payloads, n)
     response.headers.update(_answer_headers(answers[0].model_version, _cache([a.cache for a in answers])))
     return ChatCompletionResponse(

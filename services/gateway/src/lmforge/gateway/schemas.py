@@ -272,8 +272,6 @@ def _refuse_unsupported(data: Any, declared: set[str], unsupported: dict[str, tu
 
 # Shared by both routes: OpenAI's neutral values of what lmforge does not do.
 _UNSUPPORTED_SAMPLING: dict[str, tuple[Any, ...]] = {
-    "stream": (False,),
-    "stream_options": (),
     "logit_bias": ({},),
     "presence_penalty": (0,),
     "frequency_penalty": (0,),
@@ -317,8 +315,15 @@ _UNSUPPORTED_MESSAGE: dict[str, tuple[Any, ...]] = {
 }
 
 
+class StreamOptions(StrictBody):
+    include_usage: bool | None = Field(
+        default=None, description="A last chunk with empty `choices` and the whole request's `usage`."
+    )
+    include_obfuscation: bool | None = Field(default=None, description="Accepted; lmforge adds no obfuscation.")
+
+
 class SamplingRequest(StrictBody):
-    """What both routes share: the model, sampling, stop sequences, ``n``, the caller."""
+    """What both routes share: the model, sampling, stop sequences, ``n``, streaming, the caller."""
 
     _unsupported: ClassVar[dict[str, tuple[Any, ...]]] = _UNSUPPORTED_SAMPLING
 
@@ -335,6 +340,8 @@ class SamplingRequest(StrictBody):
         default=None, description=f"Up to {MAX_STOP} sequences; the text ends before the first one."
     )
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Sampling seed, for repeatable samples.")
+    stream: bool | None = Field(default=None, description="Server-sent events, ending with `data: [DONE]`.")
+    stream_options: StreamOptions | None = None
     user: str | None = Field(
         default=None,
         max_length=200,
@@ -355,6 +362,9 @@ class SamplingRequest(StrictBody):
 
     def choices_per_prompt(self) -> int:
         return self.n or 1
+
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
 
 
 class CompletionRequest(SamplingRequest):
