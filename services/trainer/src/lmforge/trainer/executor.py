@@ -33,6 +33,7 @@ from lmforge.common.redaction import describe_error
 from lmforge.common.telemetry import extract_context, get_logger, tracer
 
 from .models import outbox, training_jobs
+from .protocol import REFUSED_EXIT_CODE
 from .settings import TrainerSettings
 
 log = get_logger(__name__)
@@ -230,6 +231,8 @@ class JobExecutor:
                         # May hold credentials: the spec lives in a private temp folder, never in a log.
                         "artifacts_storage_options": self.artifacts.storage_options,
                         "artifact_key": f"models/{job.model_name}/{job.run_id}",
+                        "model_cache_dir": self.settings.model_cache_dir,
+                        "output_dir": str(Path(tmp) / "run"),
                     }
                 )
             )
@@ -263,13 +266,22 @@ class JobExecutor:
                 self._current = None
             if code < 0:
                 raise JobCancelled(f"training process killed by signal {-code}")
+            result: dict[str, Any] = {}
+            if result_path.is_file():
+                result = json.loads(await asyncio.to_thread(result_path.read_text))
+            if code == REFUSED_EXIT_CODE and "error" in result:
+                raise JobRefused(result["error"])
             if code != 0:
                 raise TrainingProcessFailed(code, stderr.strip()[-1500:])
-            return json.loads(await asyncio.to_thread(result_path.read_text))  # type: ignore[no-any-return]
+            return result
 
 
 class JobCancelled(RuntimeError):
     pass
+
+
+class JobRefused(ValueError):
+    """The run refused the job before training (its data, base model or settings): the reason is its error."""
 
 
 class TrainingProcessFailed(RuntimeError):

@@ -1,49 +1,66 @@
 """One training run, in its own process: ``python -m lmforge.trainer.train SPEC.json RESULT.json``.
 
-The spec names the artifact store by ``artifacts_url`` and ``artifacts_storage_options`` (the
-service's own settings, credentials included, so the spec file is private to the service user).
+The executor writes the spec (the job's recipe, the dataset manifest's URI, the artifact store by
+``artifacts_url`` and ``artifacts_storage_options``, credentials included, so the spec file is
+private to the service user) and reads the result. The same module runs under ``torchrun`` for
+data-parallel jobs: every process trains, the first one (rank 0) writes the artifacts and the
+result.
 
-Reads the dataset version's Parquet shards from the artifact store, fine-tunes a causal language
-model on the train split, evaluates validation perplexity every ``eval_every`` steps with early
-stopping, saves the best weights and tokenizer to the artifact store, and writes the metrics.
-Progress goes to stdout as JSON lines (``{"step": .., "loss": ..}``) for the job's status.
-
-Base models: ``builtin:tiny-gpt2`` builds a small GPT-2 from a config with a byte-level BPE
-tokenizer trained on the dataset (nothing is downloaded); any other value is a local Hugging Face
-model directory (``AutoModelForCausalLM`` + ``AutoTokenizer``).
+Training is transformers' ``Trainer``: TRL's ``SFTTrainer`` for ``causal_lm`` and ``sft`` (chat
+templates, the loss on responses only), the plain ``Trainer`` for ``classification``, PEFT for
+LoRA and QLoRA. Its callbacks report progress (``{"step": .., "loss": ..}`` JSON lines on stdout,
+read by the executor for the job's status and metric history), stop early, and keep the best
+weights. The model goes to the artifact store with its tokenizer (``docs/training.md``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import math
-import random
+import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+# Nothing is downloaded: base models are builtins, local folders or registered versions. Without
+# this, libraries that meet a name they do not know retry a hub for a minute.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Progress goes out as JSON lines; progress bars would only fill the stderr kept for errors.
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
 
 from lmforge.common.artifacts import ArtifactStore
-from lmforge.common.events import Hyperparameters
+from lmforge.common.events import (
+    Hyperparameters,
+    LrScheduler,
+    Precision,
+    TrainingMethod,
+    TrainingTask,
+)
 
-BUILTIN = "builtin:tiny-gpt2"
-EOS = "<|endoftext|>"
-PAD = "<pad>"
+from . import bases
+from .data import DataError, Example, SplitData, corpus_texts, read_records, to_examples
+from .protocol import REFUSED_EXIT_CODE
+
+LM_TASKS = (TrainingTask.CAUSAL_LM, TrainingTask.SFT)
+
+
+class TrainingRefused(ValueError):
+    """The job asks for something this trainer cannot do (bf16 without a GPU, QLoRA without
+    bitsandbytes): a clear reason for the job's error, before any work."""
 
 
 def progress(**fields: Any) -> None:
     print(json.dumps(fields), flush=True)
-
-
-def load_split(store: ArtifactStore, uri: str) -> list[str]:
-    with store.open(store.key_of(uri)) as f:
-        table = pq.read_table(f, columns=["text"])
-    return [t for t in table.column("text").to_pylist() if t]
 
 
 def open_store(spec: dict[str, Any]) -> ArtifactStore:
@@ -51,147 +68,441 @@ def open_store(spec: dict[str, Any]) -> ArtifactStore:
     return ArtifactStore(spec["artifacts_url"], spec.get("artifacts_storage_options") or {})
 
 
-def build_tokenizer(texts: list[str], vocab_size: int = 2000) -> PreTrainedTokenizerFast:
-    """A byte-level BPE (GPT-2's scheme) trained on the dataset: every byte is representable."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=1,
-        special_tokens=[EOS, PAD],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+# -- what runs where ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Placement:
+    cuda: bool
+    bf16: bool
+    fp16: bool
+
+    @property
+    def name(self) -> str:
+        return "cuda" if self.cuda else "cpu"
+
+
+def placement(hp: Hyperparameters) -> Placement:
+    """The device and precision for ``hp``; refuses what the machine cannot do, before any work."""
+    cuda = torch.cuda.is_available()
+    if hp.precision in (Precision.BF16, Precision.FP16) and not cuda:
+        raise TrainingRefused(f"precision {hp.precision.value} needs a GPU; this trainer has none (use auto or fp32)")
+    if hp.method == TrainingMethod.QLORA:
+        if not cuda:
+            raise TrainingRefused("QLoRA needs a CUDA GPU and bitsandbytes; this trainer has no GPU (use method lora)")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise TrainingRefused("QLoRA needs bitsandbytes, which this trainer does not have (use method lora)")
+    if hp.precision == Precision.BF16 and not torch.cuda.is_bf16_supported():
+        raise TrainingRefused("precision bf16: this GPU has no bf16 (use fp16 or auto)")
+    bf16 = cuda and (
+        hp.precision == Precision.BF16 or (hp.precision == Precision.AUTO and torch.cuda.is_bf16_supported())
     )
-    bpe.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, bos_token=EOS, pad_token=PAD, unk_token=EOS)
+    fp16 = cuda and not bf16 and hp.precision in (Precision.FP16, Precision.AUTO)
+    return Placement(cuda=cuda, bf16=bf16, fp16=fp16)
 
 
-def build_model(base: str, texts: list[str], hp: Hyperparameters) -> tuple[Any, Any]:
-    if base == BUILTIN:
-        tok = build_tokenizer(texts)
+# -- model and tokenizer --------------------------------------------------------------------
+
+
+@dataclass
+class Base:
+    """The model to train, its tokenizer, and where the untouched base weights are (for LoRA's ``base/``)."""
+
+    model: Any
+    tokenizer: Any
+    base_dir: Path | None
+    labels: list[str]
+
+
+def load_tokenizer(base_dir: Path | None, texts: list[str]) -> Any:
+    from transformers import AutoTokenizer
+
+    if base_dir is None:
+        return bases.build_tokenizer(texts)
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token  # masked out of the labels by the collators, never learned
+    return tok
+
+
+def _quantization(pl: Placement) -> Any:
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16 if pl.bf16 else torch.float16,
+    )
+
+
+def load_model(
+    hp: Hyperparameters, base_dir: Path | None, tok: Any, labels: list[str], pl: Placement, scratch: Path
+) -> tuple[Any, Path | None]:
+    """The model to train; and the folder of its untouched weights (the builtin one is saved there)."""
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        GPT2Config,
+        GPT2ForSequenceClassification,
+        GPT2LMHeadModel,
+    )
+
+    classify = hp.task == TrainingTask.CLASSIFICATION
+    label_maps = {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+    }
+    if base_dir is None:
         config = GPT2Config(
             vocab_size=len(tok),
-            n_positions=hp.max_seq_len,
+            n_positions=max(hp.max_seq_len, 64),
             n_embd=64,
             n_layer=2,
             n_head=2,
             bos_token_id=tok.eos_token_id,
             eos_token_id=tok.eos_token_id,
             pad_token_id=tok.pad_token_id,
+            **(label_maps if classify else {}),
         )
-        return GPT2LMHeadModel(config), tok
-    path = Path(base)
-    if not path.is_dir():
-        raise ValueError(f"base model {base!r} is neither {BUILTIN!r} nor a local model directory")
-    tok = AutoTokenizer.from_pretrained(path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return AutoModelForCausalLM.from_pretrained(path), tok
+        model: Any = GPT2ForSequenceClassification(config) if classify else GPT2LMHeadModel(config)
+        if hp.method == TrainingMethod.FULL:
+            return model, None
+        # LoRA trains over these weights: keep them, they are the artifact's base/.
+        base_dir = scratch / "builtin-base"
+        model.save_pretrained(base_dir)
+        tok.save_pretrained(base_dir)
+        if hp.method == TrainingMethod.LORA:
+            return model, base_dir
+    kwargs: dict[str, Any] = {}
+    if hp.method == TrainingMethod.QLORA:
+        kwargs = {"quantization_config": _quantization(pl), "device_map": {"": int(os.environ.get("LOCAL_RANK", 0))}}
+    if classify:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            base_dir, ignore_mismatched_sizes=True, **label_maps, **kwargs
+        )
+        model.config.pad_token_id = tok.pad_token_id
+    else:
+        model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
+    return model, base_dir
 
 
-def encode(tok: Any, texts: list[str], max_len: int) -> list[list[int]]:
-    out = []
-    for t in texts:
-        ids = tok(t + tok.eos_token, truncation=True, max_length=max_len)["input_ids"]
-        if len(ids) >= 2:
-            out.append(ids)
-    return out
+def with_adapter(model: Any, hp: Hyperparameters) -> Any:
+    """LoRA (or QLoRA) over the frozen base; classification heads stay trainable (``modules_to_save``)."""
+    if hp.method == TrainingMethod.FULL:
+        return model
+    from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
+
+    if hp.method == TrainingMethod.QLORA:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=hp.gradient_checkpointing)
+    config = LoraConfig(
+        r=hp.lora.r,
+        lora_alpha=hp.lora.alpha,
+        lora_dropout=hp.lora.dropout,
+        target_modules=list(hp.lora.target_modules) if hp.lora.target_modules else None,
+        task_type=TaskType.SEQ_CLS if hp.task == TrainingTask.CLASSIFICATION else TaskType.CAUSAL_LM,
+    )
+    return get_peft_model(model, config)
 
 
-def batch_tensors(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    labels = ids.masked_fill(mask == 0, -100)
-    return ids.to(device), mask.to(device), labels.to(device)
+def tokenizer_fingerprint(tok: Any) -> str:
+    """The same fingerprint means the same token ids for the same text (per-token metrics compare)."""
+    vocab = sorted(tok.get_vocab().items())
+    digest = hashlib.sha256(json.dumps([vocab, type(tok).__name__]).encode()).hexdigest()
+    return f"sha256-{digest[:16]}"
 
 
-@torch.no_grad()
-def evaluate(model: Any, seqs: list[list[int]], pad_id: int, device: torch.device, batch: int) -> float:
-    model.eval()
-    total, tokens = 0.0, 0
-    for i in range(0, len(seqs), batch):
-        ids, mask, labels = batch_tensors(seqs[i : i + batch], pad_id, device)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        n = int((labels[:, 1:] != -100).sum())
-        total += float(loss) * n
-        tokens += n
-    model.train()
-    return total / max(tokens, 1)
+# -- the Trainer ----------------------------------------------------------------------------
 
 
-def train(spec: dict[str, Any]) -> dict[str, Any]:
+class _Callbacks:
+    """Trainer callbacks, built lazily so that importing this module stays cheap."""
+
+    @staticmethod
+    def progress() -> Any:
+        from transformers import TrainerCallback
+
+        class ProgressReporter(TrainerCallback):  # type: ignore[misc]
+            """Each log (loss, learning rate, eval loss) as a JSON line, for the executor's metric history."""
+
+            def on_log(
+                self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
+            ) -> None:
+                if not state.is_world_process_zero or not logs or "train_runtime" in logs:
+                    return
+                values = {
+                    k: round(float(v), 6)
+                    for k, v in logs.items()
+                    if isinstance(v, int | float)
+                    and math.isfinite(float(v))
+                    and not k.endswith(("_runtime", "_per_second"))
+                }
+                if "eval_loss" in values:
+                    values["val_perplexity"] = round(math.exp(min(values["eval_loss"], 50.0)), 4)
+                progress(step=state.global_step, **values)
+
+        return ProgressReporter()
+
+
+def training_args(hp: Hyperparameters, out: Path, pl: Placement, *, sft: bool) -> Any:
+    from transformers import TrainingArguments
+    from trl import SFTConfig
+
+    warmup = {"warmup_steps": hp.warmup_steps} if hp.warmup_steps else {"warmup_ratio": hp.warmup_ratio}
+    scheduler = hp.lr_scheduler.value
+    if hp.lr_scheduler == LrScheduler.CONSTANT and (hp.warmup_steps or hp.warmup_ratio):
+        scheduler = "constant_with_warmup"
+    common: dict[str, Any] = {
+        "output_dir": str(out),
+        "max_steps": -1 if hp.epochs else hp.max_steps,
+        "num_train_epochs": hp.epochs or 1.0,
+        "learning_rate": hp.learning_rate,
+        "lr_scheduler_type": scheduler,
+        **warmup,
+        "weight_decay": hp.weight_decay,
+        "max_grad_norm": hp.max_grad_norm,
+        "per_device_train_batch_size": hp.batch_size,
+        "per_device_eval_batch_size": hp.batch_size,
+        "gradient_accumulation_steps": hp.gradient_accumulation_steps,
+        "gradient_checkpointing": hp.gradient_checkpointing,
+        "gradient_checkpointing_kwargs": {"use_reentrant": False} if hp.gradient_checkpointing else None,
+        "bf16": pl.bf16,
+        "fp16": pl.fp16,
+        "use_cpu": not pl.cuda,
+        "ddp_backend": "gloo" if world_size() > 1 and not pl.cuda else None,
+        "seed": hp.seed,
+        "data_seed": hp.seed,
+        "eval_strategy": "steps",
+        "eval_steps": hp.eval_every,
+        "save_strategy": "steps",
+        "save_steps": hp.eval_every,
+        "save_total_limit": 2,
+        "load_best_model_at_end": True,
+        "metric_for_best_model": "eval_loss",
+        "greater_is_better": False,
+        "logging_strategy": "steps",
+        "logging_steps": hp.log_every,
+        "logging_first_step": True,
+        "report_to": [],
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        "prediction_loss_only": True,
+    }
+    if not sft:
+        return TrainingArguments(**common)
+    return SFTConfig(**common, max_length=hp.max_seq_len, packing=False, dataset_num_proc=None)
+
+
+def _dataset(rows: list[dict[str, Any]]) -> Any:
+    from datasets import Dataset
+
+    return Dataset.from_list(rows)
+
+
+def build_trainer(
+    hp: Hyperparameters,
+    model: Any,
+    tok: Any,
+    train_data: SplitData,
+    val_data: SplitData,
+    labels: list[str],
+    args: Any,
+    callbacks: list[Any],
+) -> Any:
+    from transformers import EarlyStoppingCallback, PrinterCallback
+    from trl import SFTTrainer
+
+    if hp.early_stopping_patience:
+        callbacks = [*callbacks, EarlyStoppingCallback(early_stopping_patience=hp.early_stopping_patience)]
+    if hp.task in LM_TASKS:
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=_dataset([e.trl_row() for e in train_data.examples]),
+            eval_dataset=_dataset([e.trl_row() for e in val_data.examples]),
+            processing_class=tok,
+            callbacks=callbacks,
+        )
+    else:
+        trainer = _classification_trainer(hp, model, tok, train_data, val_data, labels, args, callbacks)
+    trainer.remove_callback(PrinterCallback)  # progress goes out as JSON lines only
+    return trainer
+
+
+def _classification_trainer(
+    hp: Hyperparameters,
+    model: Any,
+    tok: Any,
+    train_data: SplitData,
+    val_data: SplitData,
+    labels: list[str],
+    args: Any,
+    callbacks: list[Any],
+) -> Any:
+    from transformers import DataCollatorWithPadding, Trainer
+
+    label_ids = {label: i for i, label in enumerate(labels)}
+
+    def encode(examples: list[Example]) -> Any:
+        return [
+            {**tok(e.text, truncation=True, max_length=hp.max_seq_len), "labels": label_ids[e.label or ""]}
+            for e in examples
+            if e.label in label_ids
+        ]
+
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=_dataset(encode(train_data.examples)),
+        eval_dataset=_dataset(encode(val_data.examples)),
+        data_collator=DataCollatorWithPadding(tok),
+        processing_class=tok,
+        callbacks=callbacks,
+    )
+
+
+# -- the artifact -------------------------------------------------------------------------
+
+
+def save_artifact(model: Any, tok: Any, hp: Hyperparameters, base_dir: Path | None, target: Path) -> str:
+    """Write the trained model to ``target`` and say which layout it has.
+
+    Full fine-tuning: a Hugging Face folder (weights, config, tokenizer, generation config).
+    LoRA/QLoRA: the adapter (``adapter_config.json``, ``adapter_model.safetensors``) and the
+    tokenizer, with the untouched base model inside as ``base/``: a runtime loads ``base/``, applies
+    the adapter and merges. The generation config lists every stop token (EOS and the chat
+    template's end of turn).
+    """
+    stop = bases.stop_token_ids(tok)
+    model.generation_config.eos_token_id = stop if len(stop) > 1 else stop[0]
+    model.generation_config.pad_token_id = tok.pad_token_id
+    if hp.method == TrainingMethod.FULL:
+        model.save_pretrained(target)
+        tok.save_pretrained(target)
+        return "full"
+    assert base_dir is not None
+    model.peft_config["default"].base_model_name_or_path = "base"
+    model.save_pretrained(target)
+    tok.save_pretrained(target)
+    model.generation_config.save_pretrained(target)
+    bases.copy_base(base_dir, target / "base")
+    tok.save_pretrained(target / "base")
+    model.generation_config.save_pretrained(target / "base")
+    return "lora_adapter"
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+def _splits(store: ArtifactStore, manifest: dict[str, Any]) -> dict[str, list[Any]]:
+    shards = manifest.get("shards", {})
+    return {
+        split: read_records(store, shards[split]) if shards.get(split) else [] for split in ("train", "val", "test")
+    }
+
+
+def train(spec: dict[str, Any], *, on_trainer: Callable[[Any], None] | None = None) -> dict[str, Any]:
+    from transformers import set_seed
+
     hp = Hyperparameters.model_validate(spec["hyperparameters"])
-    random.seed(hp.seed)
-    torch.manual_seed(hp.seed)
+    pl = placement(hp)
+    set_seed(hp.seed)
     store = open_store(spec)
     manifest = json.loads(store.read_bytes(store.key_of(spec["dataset_manifest_uri"])))
-    train_texts = load_split(store, manifest["shards"]["train"])
-    val_texts = load_split(store, manifest["shards"]["val"])
-    if not train_texts:
-        raise ValueError(f"dataset {manifest['dataset']} v{manifest['version']} has no training records")
-    if not val_texts:  # tiny datasets: hold out a slice of train rather than report nothing
-        val_texts = train_texts[-max(1, len(train_texts) // 10) :]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, tok = build_model(spec["base_model"], train_texts, hp)
-    model.to(device).train()
-    train_seqs = encode(tok, train_texts, hp.max_seq_len)
-    val_seqs = encode(tok, val_texts, hp.max_seq_len)
-    optim = torch.optim.AdamW(model.parameters(), lr=hp.learning_rate)
-    best_loss, best_state, bad_evals, step, loss_value = math.inf, None, 0, 0, math.nan
-    early_stopped = False
+    records = _splits(store, manifest)
+    if not records["train"]:
+        raise DataError(f"dataset {manifest.get('dataset')} v{manifest.get('version')} has no training records")
+    base_dir = bases.base_dir(spec["base_model"], Path(spec.get("model_cache_dir") or "var/model-cache"))
+    work = Path(spec.get("output_dir") or tempfile.mkdtemp(prefix="lmforge-train-"))
+    work.mkdir(parents=True, exist_ok=True)
+
+    # The builtin tokenizer is trained on the records; a chat template decides how pairs are written.
+    if base_dir is None:
+        texts = corpus_texts(to_examples(records["train"], hp.task, hp.response_template, chat=True).examples)
+        tok = load_tokenizer(None, texts or [r.text for r in records["train"]])
+    else:
+        tok = load_tokenizer(base_dir, [])
+    chat = bool(getattr(tok, "chat_template", None))
+    data = {split: to_examples(rs, hp.task, hp.response_template, chat) for split, rs in records.items()}
+    if not data["train"].examples:
+        raise DataError(f"no training record fits task {hp.task.value}: skipped {data['train'].skipped}")
+    if not data["val"].examples:  # tiny datasets: hold out a slice of train rather than report nothing
+        held = max(1, len(data["train"].examples) // 10)
+        data["val"] = SplitData(data["train"].examples[-held:], data["train"].records[-held:])
+    labels = sorted({e.label for e in data["train"].examples if e.label is not None})
+    if hp.task == TrainingTask.CLASSIFICATION and len(labels) < 2:
+        raise DataError(f"classification needs at least two labels in the train split, found {labels}")
+
+    model, base_weights = load_model(hp, base_dir, tok, labels, pl, work)
+    model = with_adapter(model, hp)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    args = training_args(hp, work / "checkpoints", pl, sft=hp.task in LM_TASKS)
+    trainer = build_trainer(hp, model, tok, data["train"], data["val"], labels, args, [_Callbacks.progress()])
+    if on_trainer is not None:
+        on_trainer(trainer)
     started = time.monotonic()
-    for step in range(1, hp.max_steps + 1):
-        ids, mask, labels = batch_tensors(
-            random.sample(train_seqs, min(hp.batch_size, len(train_seqs))), tok.pad_token_id, device
-        )
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optim.step()
-        optim.zero_grad()
-        loss_value = float(loss.detach())
-        if step % hp.eval_every == 0 or step == hp.max_steps:
-            val_loss = evaluate(model, val_seqs, tok.pad_token_id, device, hp.batch_size)
-            progress(step=step, loss=round(loss_value, 4), val_perplexity=round(math.exp(val_loss), 3))
-            if val_loss < best_loss - 1e-4:
-                best_loss, bad_evals = val_loss, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                bad_evals += 1
-                if hp.early_stopping_patience and bad_evals >= hp.early_stopping_patience:
-                    early_stopped = True
-                    break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    with tempfile.TemporaryDirectory() as tmp:
-        model.to("cpu").save_pretrained(tmp)
-        tok.save_pretrained(tmp)
+    result = trainer.train()
+    seconds = time.monotonic() - started
+    if not trainer.is_world_process_zero():
+        return {}
+    best = trainer.state.best_metric
+    history = trainer.state.log_history
+    losses = [h["loss"] for h in history if "loss" in h]
+    metrics: dict[str, float] = {
+        "steps": float(trainer.state.global_step),
+        "early_stopped": float(trainer.state.global_step < trainer.state.max_steps),
+        "train_loss": round(losses[-1], 5) if losses else math.nan,
+        "train_loss_first": round(losses[0], 5) if losses else math.nan,
+        "train_records": float(len(data["train"].examples)),
+        "val_records": float(len(data["val"].examples)),
+        "train_seconds": round(seconds, 2),
+        "train_samples_per_second": round(float(result.metrics.get("train_samples_per_second", 0.0)), 3),
+        "trainable_parameters": float(trainable),
+        "parameters": float(total),
+        "world_size": float(world_size()),
+    }
+    if best is not None:
+        metrics["val_loss"] = round(float(best), 5)
+        if hp.task in LM_TASKS:
+            metrics["val_perplexity"] = round(math.exp(min(float(best), 50.0)), 4)
+    for split in ("train", "val", "test"):
+        for reason, n in data[split].skipped.items():
+            metrics[f"skipped_{split}_{reason}"] = float(n)
+
+    trained = trainer.model
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        layout = save_artifact(trained, tok, hp, base_weights, Path(tmp))
         artifact_uri = store.put_dir(Path(tmp), spec["artifact_key"])
     return {
         "artifact_uri": artifact_uri,
-        "metrics": {
-            "val_perplexity": round(math.exp(best_loss), 4),
-            "val_loss": round(best_loss, 5),
-            "train_loss": round(loss_value, 5),
-            "steps": step,
-            "early_stopped": float(early_stopped),
-            "train_records": len(train_texts),
-            "val_records": len(val_texts),
-            "train_seconds": round(time.monotonic() - started, 2),
-        },
+        "artifact_layout": layout,
+        "device": pl.name,
+        "tokenizer": tokenizer_fingerprint(tok),
+        "labels": labels,
+        "metrics": metrics,
     }
 
 
 def main() -> None:
     spec_path, result_path = Path(sys.argv[1]), Path(sys.argv[2])
-    result = train(json.loads(spec_path.read_text()))
-    result_path.write_text(json.dumps(result))
+    try:
+        result = train(json.loads(spec_path.read_text()))
+    except (TrainingRefused, DataError, bases.BaseModelError) as exc:
+        if rank() == 0:
+            result_path.write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+        sys.exit(REFUSED_EXIT_CODE)
+    if rank() == 0:
+        result_path.write_text(json.dumps(result))
 
 
 if __name__ == "__main__":

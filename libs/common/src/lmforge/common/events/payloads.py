@@ -154,16 +154,83 @@ class DatasetVersionCreatedV1(EventPayload):
     config_hash: str
 
 
-class Hyperparameters(BaseModel):
+class TrainingTask(StrEnum):
+    """What a job trains (``docs/training.md`` has each one's data format)."""
+
+    CAUSAL_LM = "causal_lm"  # continued pre-training: the loss on the whole text
+    SFT = "sft"  # supervised fine-tuning: prompt/response pairs or chats, the loss on the responses only
+    CLASSIFICATION = "classification"  # sequence classification on records with a label
+
+
+class TrainingMethod(StrEnum):
+    FULL = "full"
+    LORA = "lora"
+    QLORA = "qlora"  # LoRA over a 4-bit base: needs a CUDA GPU and bitsandbytes
+
+
+class LrScheduler(StrEnum):
+    CONSTANT = "constant"
+    LINEAR = "linear"
+    COSINE = "cosine"
+
+
+class Precision(StrEnum):
+    AUTO = "auto"  # bf16 on a GPU that has it, else fp16 on a GPU, else fp32
+    FP32 = "fp32"
+    BF16 = "bf16"  # GPU only
+    FP16 = "fp16"  # GPU only
+
+
+class LoraSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    r: int = Field(default=16, ge=1, le=512)
+    alpha: int = Field(default=32, ge=1, le=4096)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.]{1,100}$")]] | None = Field(
+        default=None,
+        max_length=64,
+        description="Module names to adapt; null: the attention projections PEFT knows for the architecture.",
+    )
+
+
+class Hyperparameters(BaseModel):
+    """A job's whole recipe: what to train (task, method) and how (the knobs). Every field has a
+    default, so a request from before a field existed keeps its meaning."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task: TrainingTask = TrainingTask.CAUSAL_LM
+    method: TrainingMethod = TrainingMethod.FULL
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    response_template: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        pattern=NO_NUL,
+        description="Plain-text records: the marker that starts the response (the prompt ends with it).",
+    )
     max_steps: int = Field(default=200, ge=1, le=100_000)
+    epochs: float | None = Field(default=None, gt=0, le=1000, description="If set, train this many epochs instead.")
     learning_rate: float = Field(default=3e-3, gt=0, le=1)
-    batch_size: int = Field(default=16, ge=1, le=1024)
+    lr_scheduler: LrScheduler = LrScheduler.LINEAR
+    warmup_steps: int = Field(default=0, ge=0, le=100_000)
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1, description="Used when warmup_steps is 0.")
+    weight_decay: float = Field(default=0.0, ge=0, le=1)
+    max_grad_norm: float = Field(default=1.0, gt=0, le=1000)
+    batch_size: int = Field(default=16, ge=1, le=1024, description="Per process and step, before accumulation.")
+    gradient_accumulation_steps: int = Field(default=1, ge=1, le=1024)
     max_seq_len: int = Field(default=128, ge=8, le=4096)
     early_stopping_patience: int = Field(default=3, ge=0, le=1000)
-    eval_every: int = Field(default=50, ge=1, le=100_000)
+    eval_every: int = Field(default=50, ge=1, le=100_000, description="Steps between evaluations and checkpoints.")
+    log_every: int = Field(default=10, ge=1, le=100_000)
+    precision: Precision = Precision.AUTO
+    gradient_checkpointing: bool = False
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    eval_max_samples: int = Field(
+        default=64, ge=0, le=10_000, description="Test records answered greedily for ROUGE-L/BLEU (0: none)."
+    )
+    eval_max_new_tokens: int = Field(default=48, ge=1, le=1024)
 
 
 class TrainingRequestedV1(EventPayload):
@@ -198,6 +265,23 @@ class TrainingStatusV1(EventPayload):
     error: str | None = None
 
 
+class EvaluationSummary(BaseModel):
+    """A trained model measured on its dataset version's test split (``docs/training.md``).
+
+    ``eval_set`` fingerprints the evaluated records (their ids and content hashes): two versions
+    with the same fingerprint were measured on the same examples. ``tokenizer`` fingerprints the
+    tokenizer: per-token metrics (perplexity, loss) compare only under the same one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    split: str = "test"
+    eval_set: str
+    tokenizer: str
+    records: int
+    metrics: dict[str, float]
+    report_uri: str | None = None
+
+
 class ModelReadyV1(EventPayload):
     event_type: ClassVar[str] = "lmforge.model.ready.v1"
 
@@ -211,6 +295,7 @@ class ModelReadyV1(EventPayload):
     dataset_manifest_uri: str
     hyperparameters: Hyperparameters
     metrics: dict[str, float]
+    evaluation: EvaluationSummary | None = None
 
 
 class ModelVersionRegisteredV1(EventPayload):

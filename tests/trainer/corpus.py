@@ -1,0 +1,122 @@
+"""Dataset versions for trainer tests, written the way preprocess writes them (Parquet shards per
+split and a manifest in the artifact store), and small corpora with a known right answer."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lmforge.common.artifacts import ArtifactStore
+
+# Five support intents, each with phrasings: some train, the others are held out.
+INTENTS: list[tuple[str, list[str], str]] = [
+    (
+        "password",
+        [
+            "How do I reset my password?",
+            "I forgot my password.",
+            "My password does not work anymore.",
+            "I cannot log in, my password is wrong.",
+            "Can you help me change my password?",
+        ],
+        "Open Settings, choose Reset password and follow the link we email you.",
+    ),
+    (
+        "refund",
+        [
+            "Where is my refund?",
+            "When will I get my money back?",
+            "I returned an item, where is the refund?",
+            "My refund has not arrived yet.",
+            "How long does a refund take?",
+        ],
+        "Refunds go back to your original payment method within five business days.",
+    ),
+    (
+        "shipping",
+        [
+            "Where is my order?",
+            "My package has not arrived.",
+            "How long does shipping take?",
+            "When will my parcel be delivered?",
+            "My delivery is late.",
+        ],
+        "Orders ship within two days and the tracking number is sent by email.",
+    ),
+    (
+        "invoice",
+        [
+            "Where can I find my invoice?",
+            "I need a copy of my invoice.",
+            "How do I download an invoice?",
+            "Please send me my bill.",
+            "Can I get a receipt for my order?",
+        ],
+        "Invoices are under Billing, then Invoices, in your account.",
+    ),
+    (
+        "cancel",
+        [
+            "How do I cancel my plan?",
+            "I want to cancel my subscription.",
+            "Please stop my subscription.",
+            "I would like to end my membership.",
+            "How can I unsubscribe from the service?",
+        ],
+        "Cancel any time from Account, then Subscription, then Cancel plan.",
+    ),
+]
+
+Row = str | tuple[str, str | None]
+
+
+def write_dataset(store: ArtifactStore, name: str, splits: dict[str, list[Row]], version: int = 1) -> str:
+    """Write ``splits`` (texts, or ``(text, label)``) as a dataset version; returns the manifest URI."""
+    shards = {}
+    for split, rows in splits.items():
+        texts = [r if isinstance(r, str) else r[0] for r in rows]
+        labels = [None if isinstance(r, str) else r[1] for r in rows]
+        table = pa.table(
+            {
+                "record_id": [f"{name}:{split}:{i}" for i in range(len(rows))],
+                "content_hash": [hashlib.sha256(t.encode()).hexdigest() for t in texts],
+                "text": texts,
+                "label": pa.array(labels, type=pa.string()),
+            }
+        )
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        shards[split] = store.write_bytes(f"datasets/{name}/v{version}/{split}.parquet", buf.getvalue())
+    manifest = {"dataset": name, "version": version, "shards": shards, "trace": {}}
+    return store.write_bytes(f"datasets/{name}/v{version}/manifest.json", json.dumps(manifest).encode())
+
+
+def pair(prompt: str, response: str) -> str:
+    return json.dumps({"prompt": prompt, "response": response})
+
+
+def chat(*turns: tuple[str, str]) -> str:
+    return json.dumps({"messages": [{"role": role, "content": content} for role, content in turns]})
+
+
+def intent_pairs(phrasings: slice) -> list[str]:
+    """One JSON prompt/response record per phrasing in ``phrasings`` of each intent."""
+    return [pair(q, answer) for _, questions, answer in INTENTS for q in questions[phrasings]]
+
+
+def spec(
+    store: ArtifactStore, manifest_uri: str, key: str, base: str = "builtin:tiny-gpt2", **hp: Any
+) -> dict[str, Any]:
+    """A training spec as the executor writes it."""
+    return {
+        "hyperparameters": hp,
+        "base_model": base,
+        "dataset_manifest_uri": manifest_uri,
+        "artifacts_url": store.url,
+        "artifact_key": key,
+    }
