@@ -238,7 +238,9 @@ MAX_STOP = 4
 MAX_STOP_CHARS = 100
 MAX_MESSAGES = 64
 MAX_CONTENT_PARTS = 32
-MAX_SEED = 2**63 - 1
+# Exact as a JSON number in every client (2^53 - 1): a bound near 2^63 reads as a float, and a
+# generated seed just above it passes the schema in float yet fails the integer check.
+MAX_SEED = 2**53 - 1
 
 Stop = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS, pattern=NO_NUL_PATTERN)]
 
