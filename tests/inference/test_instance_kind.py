@@ -13,9 +13,9 @@ from lmforge.common.artifacts import ArtifactStore
 from lmforge.devstack.servers import TritonServer
 from lmforge.inference.model_repository import ModelRepository, config_pbtxt
 from lmforge.inference.settings import InferenceSettings
-from lmforge.inference.triton import TritonModels, TritonRejected
+from lmforge.inference.triton import GenerationRequest, TritonModels, TritonRejected
 
-from .test_reconcile import save_tiny_model
+from .test_reconcile import grpc_url, save_tiny_model
 
 
 @pytest.mark.parametrize(("setting", "kind"), [("auto", "KIND_AUTO"), ("cpu", "KIND_CPU"), ("gpu", "KIND_GPU")])
@@ -37,7 +37,7 @@ async def test_explicit_kinds_reach_triton_unchanged(triton: TritonServer, tmp_p
 
     def models(kind: str) -> tuple[ModelRepository, TritonModels]:
         settings = InferenceSettings(
-            triton_url=triton.http_url,
+            triton_grpc_url=grpc_url(triton),
             model_repository=str(triton.model_repository),
             instance_kind=kind,  # type: ignore[arg-type]
         )
@@ -48,12 +48,15 @@ async def test_explicit_kinds_reach_triton_unchanged(triton: TritonServer, tmp_p
     await cpu.load(f"cpu{unique}-v1")
     try:
         assert await cpu.instance_kind(f"cpu{unique}-v1") == "KIND_CPU"
-        assert (await cpu.generate(f"cpu{unique}-v1", "Customer: hello Agent:", 2, 0.0)).completion_tokens >= 1
+        served = await cpu.complete(f"cpu{unique}-v1", GenerationRequest(prompt="Customer: hello Agent:", max_tokens=2))
+        assert served.completion_tokens >= 1
     finally:
         await cpu.unload(f"cpu{unique}-v1")
+        await cpu.close()
 
     gpu_repository, gpu = models("gpu")
     await asyncio.to_thread(gpu_repository.write_version, f"gpu{unique}-v1", uri)
     with pytest.raises(TritonRejected, match="GPU"):
         await gpu.load(f"gpu{unique}-v1")
     assert not await gpu.is_ready(f"gpu{unique}-v1")
+    await gpu.close()

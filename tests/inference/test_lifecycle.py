@@ -53,7 +53,7 @@ def alias_moved(version: int) -> InboundMessage:
 async def reconciler(tmp_path: Path) -> Any:
     # Triton is never reached here (nothing listens on this port): deployments are postponed.
     settings = InferenceSettings(
-        triton_url=f"127.0.0.1:{free_port()}",
+        triton_grpc_url=f"127.0.0.1:{free_port()}",
         model_repository=str(tmp_path / "repo"),
         reconcile_interval_s=0.1,
         internal=INTERNAL_AUTH,

@@ -7,7 +7,8 @@ import tempfile
 from pathlib import Path
 
 from sqlalchemy import select
-from transformers import GPT2Config, GPT2LMHeadModel
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from lmforge.common.artifacts import ArtifactStore
 from lmforge.common.db import Database, OutboxRelay
@@ -19,12 +20,30 @@ from lmforge.inference.model_repository import ModelRepository
 from lmforge.inference.models import deployments, metadata, outbox
 from lmforge.inference.reconciler import Reconciler
 from lmforge.inference.settings import InferenceSettings
-from lmforge.inference.triton import TritonModels
-from lmforge.trainer.train import build_tokenizer
+from lmforge.inference.triton import GenerationRequest, TritonModels
+
+
+def grpc_url(triton: TritonServer) -> str:
+    return f"127.0.0.1:{triton.grpc_port}"
+
+
+def tiny_tokenizer(texts: list[str], vocab_size: int = 300) -> PreTrainedTokenizerFast:
+    """A byte-level BPE (GPT-2's scheme) trained on ``texts``, with an EOS and a pad token."""
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<|pad|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|pad|>")
 
 
 def save_tiny_model(store: ArtifactStore, key: str) -> str:
-    tok = build_tokenizer(["Customer: hello Agent: hi there"] * 20, vocab_size=300)
+    """A one-layer GPT-2 with random weights and a 32-token context (deploys in seconds)."""
+    tok = tiny_tokenizer(["Customer: hello Agent: hi there"] * 20)
     config = GPT2Config(
         vocab_size=len(tok),
         n_positions=32,
@@ -49,7 +68,7 @@ async def test_failed_deployment_keeps_the_previous_version_serving(
     broken = store.write_bytes("models/m/run-broken/config.json", json.dumps({"model_type": "not-a-model"}).encode())
     broken = broken.rsplit("/", 1)[0]
     model = f"m{unique}"
-    settings = InferenceSettings(triton_url=triton.http_url, model_repository=str(triton.model_repository))
+    settings = InferenceSettings(triton_grpc_url=grpc_url(triton), model_repository=str(triton.model_repository))
     db = Database(f"sqlite+aiosqlite:///{tmp_path}/inference.db")
     await db.create_all(metadata)
     triton_models = TritonModels(settings)
@@ -58,7 +77,9 @@ async def test_failed_deployment_keeps_the_previous_version_serving(
     try:
         await reconciler.set_desired(model, "production", 1, good)
         await reconciler.reconcile()
-        served = await triton_models.generate(f"{model}-v1", "Customer: hello Agent:", 3, 0.0)
+        served = await triton_models.complete(
+            f"{model}-v1", GenerationRequest(prompt="Customer: hello Agent:", max_tokens=3)
+        )
         assert served.completion_tokens >= 1
 
         await reconciler.set_desired(model, "production", 2, broken)
@@ -80,4 +101,5 @@ async def test_failed_deployment_keeps_the_previous_version_serving(
         async with db.sessions() as s:
             assert len((await s.execute(select(outbox.table.c.id))).all()) == 2
     finally:
+        await triton_models.close()
         await db.dispose()

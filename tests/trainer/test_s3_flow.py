@@ -18,7 +18,7 @@ from lmforge.common.settings import ArtifactSettings, DatabaseSettings, KafkaSet
 from lmforge.devstack.servers import S3Server, TritonServer
 from lmforge.inference.model_repository import ModelRepository, triton_model_name
 from lmforge.inference.settings import InferenceSettings
-from lmforge.inference.triton import TritonModels
+from lmforge.inference.triton import GenerationRequest, TritonModels
 from lmforge.preprocess.handlers import RawRecordHandler
 from lmforge.preprocess.models import metadata as preprocess_metadata
 from lmforge.preprocess.models import outbox as preprocess_outbox
@@ -119,7 +119,9 @@ async def test_dataset_to_served_model_on_s3(
 
     # inference: copy the model from S3 into Triton's repository; "auto" lets this Triton decide.
     inference_settings = InferenceSettings(
-        triton_url=triton.http_url, model_repository=str(triton.model_repository), artifacts=artifacts
+        triton_grpc_url=f"127.0.0.1:{triton.grpc_port}",
+        model_repository=str(triton.model_repository),
+        artifacts=artifacts,
     )
     triton_models = TritonModels(inference_settings)
     repository = ModelRepository(inference_settings, ArtifactStore.from_settings(artifacts))
@@ -131,7 +133,10 @@ async def test_dataset_to_served_model_on_s3(
     await triton_models.load(name)
     try:
         assert await triton_models.instance_kind(name) == "KIND_CPU"  # Triton's answer: it has no GPU
-        served = await triton_models.generate(name, "Customer: ticket about refund. Agent:", 4, 0.0)
+        served = await triton_models.complete(
+            name, GenerationRequest(prompt="Customer: ticket about refund. Agent:", max_tokens=4)
+        )
         assert served.completion_tokens >= 1
     finally:
         await triton_models.unload(name)
+        await triton_models.close()

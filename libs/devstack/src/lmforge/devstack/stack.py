@@ -100,7 +100,7 @@ class Stack:
             env[f"{p}WORK_DIR"] = str(self.workdir / "trainer-work")
         if service == "inference":
             assert self.triton is not None
-            env[f"{p}TRITON_URL"] = self.triton.http_url
+            env[f"{p}TRITON_GRPC_URL"] = f"127.0.0.1:{self.triton.grpc_port}"
             env[f"{p}MODEL_REPOSITORY"] = str(self.triton.model_repository)
             if "registry" in self.services:
                 env[f"{p}REGISTRY_URL"] = self.url("registry")

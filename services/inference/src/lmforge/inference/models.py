@@ -21,6 +21,10 @@ deployments = Table(
     # ...and what Triton serves now (the previous version keeps serving if a deployment fails).
     Column("serving_version", Integer, nullable=True),
     Column("triton_model", String(300), nullable=True),
+    # The serving version's context window (prompt + new tokens), from its weights' config.json,
+    # and when it started serving (GET /served-models' ``created``).
+    Column("context_length", Integer, nullable=True),
+    Column("deployed_at", DateTime(timezone=True), nullable=True),
     Column("state", String(16), nullable=False),
     # The last version whose deployment failed: not retried until the desired version changes.
     Column("failed_version", Integer, nullable=True),

@@ -8,7 +8,10 @@ is reported and leaves the previously serving version in place.
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,12 +23,32 @@ from lmforge.common.events import DeploymentResultV1, DeploymentState, Topic
 from lmforge.common.http import internal_headers
 from lmforge.common.telemetry import get_logger, tracer
 
+from . import metrics
 from .model_repository import ModelRepository, triton_model_name
 from .models import deployments, outbox
 from .settings import InferenceSettings
-from .triton import TritonModels, TritonRejected, TritonUnavailable
+from .triton import GenerationRequest, TritonModels, TritonRejected, TritonUnavailable
 
 log = get_logger(__name__)
+
+# Where a Hugging Face config states the context window (prompt + new tokens), by model family.
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
+SMOKE = GenerationRequest(prompt="Hello", max_tokens=1)
+
+
+def context_length(model_folder: Path) -> int | None:
+    """The context window from the weights' ``config.json`` (None when it states none)."""
+    for config in sorted(model_folder.rglob("config.json")):
+        try:
+            data = json.loads(config.read_text())
+        except (OSError, ValueError):
+            continue
+        for source in (data, data.get("text_config") or {}):
+            for key in CONTEXT_KEYS:
+                value = source.get(key) if isinstance(source, dict) else None
+                if isinstance(value, int) and value > 0:
+                    return value
+    return None
 
 
 async def set_desired(session: AsyncSession, model: str, alias: str, version: int, artifact_uri: str) -> None:
@@ -93,9 +116,10 @@ class Reconciler:
             "inference deploy", attributes={"lmforge.model": model, "lmforge.alias": alias, "lmforge.version": version}
         ) as span:
             try:
-                await asyncio.to_thread(self.repository.write_version, name, row.desired_artifact_uri)
+                folder = await asyncio.to_thread(self.repository.write_version, name, row.desired_artifact_uri)
+                context = await asyncio.to_thread(context_length, folder)
                 await self.triton.load(name)
-                smoke = await self.triton.generate(name, "Hello", 1, 0.0)
+                smoke = await self.triton.complete(name, SMOKE)
                 log.info(
                     "deployed",
                     model=model,
@@ -105,6 +129,7 @@ class Reconciler:
                     smoke_tokens=smoke.completion_tokens,
                 )
                 state, error = DeploymentState.DEPLOYED, None
+                span.set_attribute("lmforge.context_length", context or 0)
             except TritonUnavailable as exc:
                 # Triton itself is away: nothing to report yet; the periodic reconcile retries.
                 span.record_exception(exc)
@@ -118,9 +143,16 @@ class Reconciler:
                 )
             previous = row.triton_model if state == DeploymentState.DEPLOYED else None
             async with self.db.sessions.begin() as session:
-                values: dict[str, Any] = {"state": state, "error": error, "updated_at": datetime.now(UTC)}
+                now = datetime.now(UTC)
+                values: dict[str, Any] = {"state": state, "error": error, "updated_at": now}
                 if state == DeploymentState.DEPLOYED:
-                    values |= {"serving_version": version, "triton_model": name, "failed_version": None}
+                    values |= {
+                        "serving_version": version,
+                        "triton_model": name,
+                        "failed_version": None,
+                        "context_length": context,
+                        "deployed_at": now,
+                    }
                 else:
                     values |= {"failed_version": version}
                 await session.execute(
@@ -142,22 +174,73 @@ class Reconciler:
                     key=model,
                 )
             self.relay.wake()
-            if state == DeploymentState.FAILED:
-                await self._unload_quietly(name)
-            elif previous and previous != name and not await self._referenced(previous):
-                await self._unload_quietly(previous)
+            # A failed version is unloaded again; a replaced one once no other alias serves it.
+            retired = name if state == DeploymentState.FAILED else previous if previous != name else None
+            if retired and not await self._referenced(retired):
+                await self._retire(retired)
 
     async def _referenced(self, triton_model: str) -> bool:
+        """Some alias serves this Triton model (or is being deployed to it)."""
         async with self.db.sessions() as session:
-            return (
-                await session.execute(select(deployments.c.alias).where(deployments.c.triton_model == triton_model))
-            ).first() is not None
+            rows = (await session.execute(select(deployments))).all()
+        return any(
+            r.triton_model == triton_model
+            or (
+                triton_model_name(r.model_name, r.desired_version) == triton_model
+                and r.failed_version != r.desired_version
+            )
+            for r in rows
+        )
 
-    async def _unload_quietly(self, name: str) -> None:
+    async def _retire(self, name: str) -> None:
+        """Unload a Triton model no alias serves, then delete its folder from the repository.
+
+        The folder stays while the unload fails (Triton away): the periodic pass retries.
+        """
         try:
             await self.triton.unload(name)
         except (TritonRejected, TritonUnavailable) as exc:
-            log.warning("unload failed", triton_model=name, error=str(exc))
+            log.warning("unload failed; model folder kept", triton_model=name, error=str(exc))
+            return
+        await asyncio.to_thread(self.repository.remove, name)
+        log.info("retired", triton_model=name)
+
+    async def collect_garbage(self) -> None:
+        """Retire the repository folders of managed models that no alias serves or wants.
+
+        Managed: a folder named ``<model>-v<n>`` for a model this service has deployment rows of
+        (a retirement that failed earlier, or a version left behind by a crash between a
+        deployment and its clean-up). Other folders in the repository are left alone.
+        """
+        async with self._lock:
+            async with self.db.sessions() as session:
+                rows = (await session.execute(select(deployments))).all()
+            keep = {r.triton_model for r in rows if r.triton_model}
+            keep |= {triton_model_name(r.model_name, r.desired_version) for r in rows}
+            managed = {triton_model_name(r.model_name, 0).removesuffix("0") for r in rows}
+            if not self.repository.root.is_dir():
+                return
+            for folder in sorted(self.repository.root.iterdir()):
+                name = folder.name
+                stem = re.sub(r"\d+$", "", name)
+                if folder.is_dir() and name not in keep and stem in managed and re.search(r"-v\d+$", name):
+                    await self._retire(name)
+
+    async def refresh_statistics(self) -> None:
+        """Triton's per-model counters (queue time, executions) for ``/metrics``."""
+        try:
+            stats = await self.triton.statistics()
+        except (TritonRejected, TritonUnavailable) as exc:
+            log.warning("triton statistics unavailable", error=str(exc))
+            metrics.triton_statistics.update(())
+            return
+        metrics.triton_statistics.update(stats)
+
+    async def run_statistics(self) -> None:
+        """``refresh_statistics`` every ``statistics_interval_s``, for ever."""
+        while True:
+            await self.refresh_statistics()
+            await asyncio.sleep(self.settings.statistics_interval_s)
 
     async def sync_from_registry(self) -> bool:
         """Desired state from the registry's aliases (start-up); False if the registry is away."""
@@ -186,5 +269,6 @@ class Reconciler:
         while True:
             await self.sync_from_registry()
             await self.reconcile()
+            await self.collect_garbage()
             self.passes += 1
             await asyncio.sleep(self.settings.reconcile_interval_s)

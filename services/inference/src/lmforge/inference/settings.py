@@ -16,7 +16,9 @@ class InferenceSettings(ServiceSettings):
         default_factory=lambda: DatabaseSettings(url="sqlite+aiosqlite:///var/inference.db")
     )
     consumer_group: str = "lmforge-inference"
-    triton_url: str = "127.0.0.1:8000"
+    # host:port of Triton's gRPC endpoint: every call (load, unload, readiness, statistics,
+    # streamed inference) goes through one pooled channel to it.
+    triton_grpc_url: str = "127.0.0.1:8001"
     # The folder Triton was started with (--model-repository); shared volume in docker-compose.
     model_repository: str = "var/triton-models"
     registry_url: str = "http://127.0.0.1:8104"
@@ -29,6 +31,14 @@ class InferenceSettings(ServiceSettings):
     max_batch_size: int = 8
     batch_delay_us: int = 2000
     reconcile_interval_s: float = 30.0
+    # How often Triton's per-model statistics (queue time, executions) are read for /metrics.
+    statistics_interval_s: float = Field(default=15.0, gt=0)
     infer_timeout_s: float = 60.0
     load_timeout_s: float = 300.0
     max_new_tokens_limit: int = 256
+    # The response cache of deterministic (temperature 0) requests: "memory://" (this process, an
+    # LRU bounded by entries and bytes), "redis://host:port/db" (shared by replicas), or "off".
+    cache_url: str = Field(default="memory://", pattern=r"^(memory://|off|rediss?://.+|unix://.+)$")
+    cache_ttl_s: int = Field(default=3600, ge=1)
+    cache_max_entries: int = Field(default=10_000, ge=1)
+    cache_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)

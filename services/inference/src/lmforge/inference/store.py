@@ -20,6 +20,39 @@ async def get_deployment(db: Database, model: str, alias: str) -> Any | None:
         ).first()
 
 
+async def serving_version(db: Database, model: str, version: int) -> Any | None:
+    """A deployment row whose alias serves ``version`` of ``model`` now (any alias: the same Triton model)."""
+    async with db.sessions() as session:
+        return (
+            await session.execute(
+                select(deployments)
+                .where(
+                    deployments.c.model_name == model,
+                    deployments.c.serving_version == version,
+                    deployments.c.triton_model.is_not(None),
+                )
+                .order_by(deployments.c.alias)
+                .limit(1)
+            )
+        ).first()
+
+
 async def list_deployments(db: Database) -> list[Any]:
     async with db.sessions() as session:
-        return list((await session.execute(select(deployments).order_by(deployments.c.model_name))).all())
+        return list(
+            (await session.execute(select(deployments).order_by(deployments.c.model_name, deployments.c.alias))).all()
+        )
+
+
+async def list_serving(db: Database) -> list[Any]:
+    """Rows that serve a version now."""
+    async with db.sessions() as session:
+        return list(
+            (
+                await session.execute(
+                    select(deployments)
+                    .where(deployments.c.serving_version.is_not(None), deployments.c.triton_model.is_not(None))
+                    .order_by(deployments.c.model_name, deployments.c.alias)
+                )
+            ).all()
+        )

@@ -1,17 +1,34 @@
-"""The Triton client side: load and unload models, ask what is ready, run inference."""
+"""The Triton client side: one pooled gRPC client for loads, readiness, statistics and generation.
+
+Every call goes through a single ``tritonclient.grpc.aio.InferenceServerClient`` (one HTTP/2
+channel), made on first use inside the service's event loop and closed at shutdown. Generation
+always uses the bidirectional streaming RPC: every model is decoupled (docs/serving.md), and a
+decoupled model can only be reached that way, streamed answer or not. Each generation is one
+gRPC stream carrying one request; its metadata carries the W3C trace context, so Triton's own
+spans continue the caller's trace.
+"""
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass
+import contextlib
+import json
+import re
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
+import grpc
 import numpy as np
-import tritonclient.http as triton_http
-from opentelemetry.trace import SpanKind
+import tritonclient.grpc.aio as triton_grpc
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from tritonclient.grpc import InferInput, InferResult
 from tritonclient.utils import InferenceServerException
 
-from lmforge.common.telemetry import inject_context, tracer
+from lmforge.common.telemetry import tracer
 
+from . import metrics
 from .settings import InferenceSettings
 
 
@@ -23,86 +40,313 @@ class TritonRejected(RuntimeError):
     """Triton answered with an error for this model or request."""
 
 
+class ContextLengthExceeded(TritonRejected):
+    """The model refused the request: prompt tokens + max_tokens exceed its context."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"context_length_exceeded: {detail}")
+        self.detail = detail
+
+
+class InvalidRequest(TritonRejected):
+    """The model refused the request as malformed for it (e.g. messages its chat template refuses)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"invalid_request: {detail}")
+        self.detail = detail
+
+
+# The runtime's coded errors (docs/serving.md): "<code>: <detail>", possibly behind a prefix Triton adds.
+_CODED = re.compile(r"\b(context_length_exceeded|invalid_request):\s*(.*)", re.DOTALL)
+# gRPC statuses that mean "Triton is away or too slow", not "Triton refused this".
+_AWAY = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+_AWAY_NAMES = {str(code) for code in _AWAY}
+
+
 @dataclass(frozen=True)
-class Generation:
+class GenerationRequest:
+    """One request row of the Triton model contract: exactly one of ``prompt`` and ``messages``."""
+
+    prompt: str | None = None
+    messages: Sequence[Mapping[str, str]] | None = None
+    max_tokens: int = 16
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: Sequence[str] = ()
+    stream: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("exactly one of prompt and messages")
+
+    @property
+    def chat(self) -> bool:
+        return self.messages is not None
+
+    def prompt_text(self) -> str:
+        """``PROMPT``: the prompt, or the JSON-encoded messages list for chat."""
+        if self.messages is not None:
+            return json.dumps([dict(m) for m in self.messages], ensure_ascii=False)
+        assert self.prompt is not None
+        return self.prompt
+
+
+@dataclass(frozen=True)
+class Delta:
+    """One response of a generation: new text, and the counts so far."""
+
     text: str
+    finish_reason: str | None  # None until the last response: then "stop" or "length"
     prompt_tokens: int
     completion_tokens: int
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A whole generation (the deltas joined)."""
+
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class ModelStatistics:
+    """Triton's cumulative counters for one loaded model version (since it was loaded)."""
+
+    name: str
+    success_count: int
+    queue_count: int
+    queue_ns: int
+    execution_count: int
+    inference_count: int
+    batches: dict[int, int] = field(default_factory=dict)  # batch size -> executions of that size
+
+
+def _inputs(request: GenerationRequest) -> list[InferInput]:
+    rows: list[tuple[str, str, Any]] = [
+        ("PROMPT", "BYTES", np.array([[request.prompt_text().encode()]], dtype=np.object_)),
+        ("CHAT", "BOOL", np.array([[request.chat]], dtype=np.bool_)),
+        ("MAX_TOKENS", "INT32", np.array([[request.max_tokens]], dtype=np.int32)),
+        ("TEMPERATURE", "FP32", np.array([[request.temperature]], dtype=np.float32)),
+        ("TOP_P", "FP32", np.array([[request.top_p]], dtype=np.float32)),
+        ("SEED", "INT64", np.array([[-1 if request.seed is None else request.seed]], dtype=np.int64)),
+        ("STOP", "BYTES", np.array([[json.dumps(list(request.stop), ensure_ascii=False).encode()]], dtype=np.object_)),
+        ("STREAM", "BOOL", np.array([[request.stream]], dtype=np.bool_)),
+    ]
+    inputs = []
+    for name, datatype, value in rows:
+        tensor = InferInput(name, list(value.shape), datatype)
+        tensor.set_data_from_numpy(value)
+        inputs.append(tensor)
+    return inputs
+
+
+def _scalar(result: InferResult, name: str) -> Any:
+    value = result.as_numpy(name)
+    if value is None:
+        raise TritonRejected(f"triton response without {name} (not the lmforge model contract)")
+    return value.reshape(-1)[0]
+
+
+def _delta(result: InferResult) -> Delta:
+    text = _scalar(result, "TEXT")
+    finish = _scalar(result, "FINISH_REASON")
+    finish = finish.decode() if isinstance(finish, bytes) else str(finish)
+    return Delta(
+        text=text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text),
+        finish_reason=finish or None,
+        prompt_tokens=int(_scalar(result, "PROMPT_TOKENS")),
+        completion_tokens=int(_scalar(result, "COMPLETION_TOKENS")),
+        batch_size=int(_scalar(result, "BATCH_SIZE")),
+    )
+
+
+def _model_error(what: str, message: str) -> TritonRejected:
+    """A model's error response: the coded ones (the runtime's contract) keep their code."""
+    coded = _CODED.search(message)
+    if coded is None:
+        return TritonRejected(f"triton {what}: {message}")
+    code, detail = coded.group(1), coded.group(2).strip()
+    return ContextLengthExceeded(detail) if code == "context_length_exceeded" else InvalidRequest(detail)
 
 
 class TritonModels:
     def __init__(self, settings: InferenceSettings) -> None:
         self.settings = settings
+        self._client: triton_grpc.InferenceServerClient | None = None
 
-    def _client(self, timeout: float) -> triton_http.InferenceServerClient:
-        return triton_http.InferenceServerClient(
-            self.settings.triton_url, connection_timeout=timeout, network_timeout=timeout
-        )
+    @property
+    def client(self) -> triton_grpc.InferenceServerClient:
+        """The one client of this service (made on first use, in the running event loop)."""
+        if self._client is None:
+            self._client = triton_grpc.InferenceServerClient(self.settings.triton_grpc_url)
+        return self._client
 
-    async def _call(self, what: str, fn, *args, timeout: float):  # type: ignore[no-untyped-def]
-        def run():  # type: ignore[no-untyped-def]
-            client = self._client(timeout)
-            try:
-                return fn(client, *args)
-            finally:
-                client.close()
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
 
+    def _unavailable(self, what: str, exc: BaseException) -> TritonUnavailable:
+        return TritonUnavailable(f"triton {what} at {self.settings.triton_grpc_url}: {exc}")
+
+    def _map(self, what: str, exc: Exception) -> Exception:
+        if isinstance(exc, InferenceServerException):
+            if exc.status() in _AWAY_NAMES:
+                return self._unavailable(what, exc)
+            return _model_error(what, str(exc.message()))
+        if isinstance(exc, grpc.aio.AioRpcError):
+            if exc.code() in _AWAY:
+                return self._unavailable(what, exc.details() or exc.code())
+            return _model_error(what, exc.details() or str(exc.code()))
+        return self._unavailable(what, exc)
+
+    async def _call(self, what: str, coro: Any) -> Any:
         try:
-            return await asyncio.to_thread(run)
-        except InferenceServerException as exc:
-            raise TritonRejected(f"triton {what}: {exc.message()}") from exc
-        except Exception as exc:  # connection refused, timeouts, gevent/urllib errors
-            raise TritonUnavailable(f"triton {what} at {self.settings.triton_url}: {exc}") from exc
+            return await coro
+        except (TritonRejected, TritonUnavailable):
+            raise
+        except Exception as exc:  # gRPC errors, refused connections, timeouts
+            raise self._map(what, exc) from exc
 
     async def load(self, name: str) -> None:
-        await self._call(f"load {name}", lambda c, n: c.load_model(n), name, timeout=self.settings.load_timeout_s)
+        await self._call(f"load {name}", self.client.load_model(name, client_timeout=self.settings.load_timeout_s))
+
+    async def unload(self, name: str) -> None:
+        await self._call(f"unload {name}", self.client.unload_model(name, client_timeout=30))
 
     async def instance_kind(self, name: str) -> str:
         """Where Triton placed a loaded model's instances (``KIND_CPU``/``KIND_GPU``), as it reports it."""
-        config = await self._call(f"config {name}", lambda c, n: c.get_model_config(n), name, timeout=10)
-        return str(config["instance_group"][0]["kind"])
-
-    async def unload(self, name: str) -> None:
-        await self._call(f"unload {name}", lambda c, n: c.unload_model(n), name, timeout=30)
+        config = await self._call(f"config {name}", self.client.get_model_config(name, as_json=True, client_timeout=10))
+        return str(config["config"]["instance_group"][0]["kind"])
 
     async def is_ready(self, name: str) -> bool:
         try:
-            return bool(await self._call(f"ready {name}", lambda c, n: c.is_model_ready(n), name, timeout=5))
+            return bool(await self._call(f"ready {name}", self.client.is_model_ready(name, client_timeout=5)))
         except (TritonRejected, TritonUnavailable):
             return False
 
-    async def server_ready(self) -> bool:
+    async def server_live(self) -> bool:
+        """Triton answers. Not its ``ready``: in strict readiness (its default) that turns false
+        for good once any model was unloaded or failed, which every promotion does."""
         try:
-            return bool(await self._call("health", lambda c: c.is_server_ready(), timeout=3))
+            return bool(await self._call("health", self.client.is_server_live(client_timeout=3)))
         except (TritonRejected, TritonUnavailable):
             return False
 
-    async def generate(self, name: str, prompt: str, max_tokens: int, temperature: float) -> Generation:
-        with tracer().start_as_current_span(
+    async def statistics(self, name: str = "") -> list[ModelStatistics]:
+        """Cumulative counters of one model (``name``) or of every loaded model (``""``)."""
+        raw = await self._call(
+            f"statistics {name or '*'}", self.client.get_inference_statistics(name, as_json=True, client_timeout=10)
+        )
+        out = []
+        for m in raw.get("model_stats", []):
+            stats = m.get("inference_stats", {})
+            out.append(
+                ModelStatistics(
+                    name=m["name"],
+                    success_count=int(stats.get("success", {}).get("count", 0)),
+                    queue_count=int(stats.get("queue", {}).get("count", 0)),
+                    queue_ns=int(stats.get("queue", {}).get("ns", 0)),
+                    execution_count=int(m.get("execution_count", 0)),
+                    inference_count=int(m.get("inference_count", 0)),
+                    batches={
+                        int(b["batch_size"]): int(b.get("compute_infer", {}).get("count", 0))
+                        for b in m.get("batch_stats", [])
+                    },
+                )
+            )
+        return out
+
+    async def generate(self, name: str, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
+        """The model's responses as they come: text deltas, the last one with a finish reason.
+
+        Raises ``ContextLengthExceeded``/``InvalidRequest`` for the runtime's coded refusals,
+        ``TritonRejected`` for other errors, ``TritonUnavailable`` when Triton is away or slower
+        than ``infer_timeout_s``. Leaving the iteration early cancels the request in Triton.
+        """
+        # Not the current span: the caller may iterate this generator from another task (a
+        # streamed HTTP answer), where a context attached here could not be detached.
+        span = tracer().start_span(
             f"triton infer {name}",
             kind=SpanKind.CLIENT,
             attributes={
-                "rpc.system": "kserve_v2",
-                "server.address": self.settings.triton_url,
+                "rpc.system": "grpc",
+                "rpc.service": "inference.GRPCInferenceService",
+                "rpc.method": "ModelStreamInfer",
+                "server.address": self.settings.triton_grpc_url,
                 "lmforge.triton_model": name,
+                "lmforge.stream": request.stream,
             },
-        ):
-            headers = {k: v.decode() for k, v in inject_context([])}
+        )
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(span))
+        inputs = _inputs(request)
 
-            def infer(client: triton_http.InferenceServerClient) -> Generation:
-                inputs = [
-                    triton_http.InferInput("PROMPT", [1, 1], "BYTES"),
-                    triton_http.InferInput("MAX_TOKENS", [1, 1], "INT32"),
-                    triton_http.InferInput("TEMPERATURE", [1, 1], "FP32"),
-                ]
-                inputs[0].set_data_from_numpy(np.array([[prompt.encode()]], dtype=np.object_))
-                inputs[1].set_data_from_numpy(np.array([[max_tokens]], dtype=np.int32))
-                inputs[2].set_data_from_numpy(np.array([[temperature]], dtype=np.float32))
-                result = client.infer(name, inputs, headers=headers)
-                return Generation(
-                    text=result.as_numpy("TEXT")[0][0].decode("utf-8", "replace"),
-                    prompt_tokens=int(result.as_numpy("PROMPT_TOKENS")[0][0]),
-                    completion_tokens=int(result.as_numpy("COMPLETION_TOKENS")[0][0]),
+        async def one_request() -> AsyncIterator[dict[str, Any]]:
+            yield {"model_name": name, "inputs": inputs}
+
+        started = time.perf_counter()
+        first_at: float | None = None
+        batch_size = 0
+        responses = None
+        try:
+            try:
+                responses = self.client.stream_infer(
+                    one_request(), stream_timeout=self.settings.infer_timeout_s, headers=carrier
                 )
+                async for result, error in responses:
+                    if error is not None:
+                        raise _model_error(f"infer {name}", str(error.message()))
+                    delta = _delta(result)
+                    first_at = first_at or time.perf_counter()
+                    batch_size = max(batch_size, delta.batch_size)
+                    if delta.finish_reason is not None:
+                        elapsed = time.perf_counter() - started
+                        metrics.observe_generation(
+                            name,
+                            stream=request.stream,
+                            first_token_s=first_at - started,
+                            seconds=elapsed,
+                            completion_tokens=delta.completion_tokens,
+                            batch_size=batch_size,
+                        )
+                        span.set_attributes(
+                            {
+                                "lmforge.prompt_tokens": delta.prompt_tokens,
+                                "lmforge.completion_tokens": delta.completion_tokens,
+                                "lmforge.finish_reason": delta.finish_reason,
+                                "lmforge.batch_size": batch_size,
+                            }
+                        )
+                        yield delta
+                        return
+                    yield delta
+            except (TritonRejected, TritonUnavailable):
+                raise
+            except Exception as exc:
+                raise self._map(f"infer {name}", exc) from exc
+            raise TritonRejected(f"triton infer {name}: the stream ended without a finish reason")
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            raise
+        finally:
+            if responses is not None:
+                responses.cancel()  # a no-op once the request finished; else Triton stops generating
+            span.end()
 
-            return await self._call(f"infer {name}", infer, timeout=self.settings.infer_timeout_s)  # type: ignore[no-any-return]
+    async def complete(self, name: str, request: GenerationRequest) -> Generation:
+        """The whole answer of one generation (its deltas joined)."""
+        parts: list[str] = []
+        async with contextlib.aclosing(self.generate(name, request)) as deltas:
+            async for delta in deltas:
+                parts.append(delta.text)
+                if delta.finish_reason is not None:
+                    return Generation("".join(parts), delta.finish_reason, delta.prompt_tokens, delta.completion_tokens)
+        raise TritonRejected(f"triton infer {name}: no answer")  # generate raises first
