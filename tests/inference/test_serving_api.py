@@ -253,13 +253,26 @@ async def test_context_overflow_is_a_400_naming_the_limit(inference: Inference, 
     assert f"{CONTEXT} tokens" in r.json()["error"]["message"]
 
 
-async def test_served_models_lists_every_addressable_id(inference: Inference, unique: str) -> None:
+async def test_served_models_lists_every_addressable_id(
+    triton: TritonServer, kafka_settings: KafkaSettings, database_url: str, tmp_path: Path, unique: str
+) -> None:
+    """On SQLite and on PostgreSQL."""
+    settings = inference_settings(triton, kafka_settings, tmp_path, unique, database=DatabaseSettings(url=database_url))
+    async with running(settings) as inference:
+        await served_models_case(inference, unique)
+
+
+async def served_models_case(inference: Inference, unique: str) -> None:
     model = f"m{unique}"
     before = int(time.time())
     uri = save_model(inference.store, "models/m/run-1")
     await inference.deploy(model, "production", 1, uri)
     await inference.deploy(model, "staging", 1, uri)  # the same version behind two aliases
     await inference.deploy(model, "canary", 2, save_model(inference.store, "models/m/run-2"))
+    for version, alias in ((1, None), (2, None)):
+        r = await inference.generate(model=model, version=version, prompt="hello", max_tokens=2)
+        assert (r.status_code, r.json()["version"], r.json()["alias"]) == (200, version, alias), r.text
+    assert (await inference.generate(model=model, version=3, prompt="hello")).status_code == 404
 
     r = await inference.client.get("/served-models")
     assert r.status_code == 200, r.text
