@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -39,7 +40,7 @@ def dataset(store: ArtifactStore, name: str, *, corrupt: bool = False) -> str:
     return store.write_bytes(f"{name}/manifest.json", json.dumps(manifest).encode())
 
 
-def request(job_id: str, manifest_uri: str) -> InboundMessage:
+def request(job_id: str, manifest_uri: str, **hp: Any) -> InboundMessage:
     value, headers = Event(
         data=TrainingRequestedV1(
             job_id=job_id,
@@ -47,7 +48,9 @@ def request(job_id: str, manifest_uri: str) -> InboundMessage:
             dataset="d",
             dataset_version=1,
             dataset_manifest_uri=manifest_uri,
-            hyperparameters=Hyperparameters(max_steps=4, eval_every=2, batch_size=4, max_seq_len=32),
+            hyperparameters=Hyperparameters.model_validate(
+                {"max_steps": 4, "eval_every": 2, "batch_size": 4, "max_seq_len": 32} | hp
+            ),
         ),
         source="tests",
     ).to_kafka()
@@ -110,6 +113,11 @@ async def test_failed_job_is_reported_and_the_next_job_runs(tmp_path: Path) -> N
     ]
     ready = [e for t, e in events if t == "lmforge.model.ready.v1"]
     assert len(ready) == 1 and ready[0]["run_id"] == jobs["job-good"].run_id
+    # The model-ready event links the test-split evaluation and its report.
+    evaluation = ready[0]["evaluation"]
+    assert evaluation == jobs["job-good"].evaluation and evaluation["split"] == "test"
+    assert store.exists(store.key_of(evaluation["report_uri"]))
+    assert ready[0]["metrics"]["test_perplexity"] == evaluation["metrics"]["test_perplexity"] > 0
 
 
 async def test_a_local_hugging_face_directory_is_a_base_model(tmp_path: Path) -> None:

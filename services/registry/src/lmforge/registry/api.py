@@ -33,6 +33,9 @@ class ModelVersion(BaseModel):
     job_id: str
     artifact_uri: str
     metrics: dict[str, float]
+    evaluation: dict[str, Any] | None = Field(
+        default=None, description="The test-split evaluation: eval set, tokenizer, metrics, the report's URI."
+    )
     gate: dict[str, Any]
     deployment: dict[str, Any]
     created_at: datetime

@@ -25,6 +25,8 @@ model_versions = Table(
     Column("dataset_manifest_uri", Text, nullable=False),
     Column("hyperparameters", JSON, nullable=False),
     Column("metrics", JSON, nullable=False),
+    # The trainer's test-split evaluation (eval set and tokenizer fingerprints, metrics, report URI).
+    Column("evaluation", JSON, nullable=True),
     Column("gate", JSON, nullable=False),
     Column("deployment", JSON, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),

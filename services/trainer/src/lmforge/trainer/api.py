@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from lmforge.common.events import JobState
 from lmforge.common.http import error_responses
@@ -30,9 +30,24 @@ class TrainingJob(BaseModel):
     step: int
     metrics: dict[str, float]
     artifact_uri: str | None
+    evaluation: dict[str, Any] | None = Field(
+        default=None,
+        description="The test-split evaluation: eval set, tokenizer, metrics and the report's URI (docs/training.md).",
+    )
     error: str | None
     created_at: datetime
     updated_at: datetime
+
+
+class MetricPoint(BaseModel):
+    step: int
+    metrics: dict[str, float]
+    at: datetime
+
+
+class MetricHistory(BaseModel):
+    job_id: str
+    history: list[MetricPoint] = Field(description="Progress lines in order: loss, learning_rate, eval_loss, ...")
 
 
 class CancelResult(BaseModel):
@@ -59,6 +74,16 @@ async def get_job(request: Request, job_id: JobId) -> TrainingJob:
     if row is None:
         raise _not_found(job_id)
     return _view(row)
+
+
+@router.get("/jobs/{job_id}/metrics", response_model=MetricHistory, responses=error_responses(404))
+async def get_metrics(request: Request, job_id: JobId) -> MetricHistory:
+    """The job's metric history (for curves): every logged step's training and evaluation metrics."""
+    db = request.app.state.runtime.db
+    if await store.get_job(db, job_id) is None:
+        raise _not_found(job_id)
+    rows = await store.metric_history(db, job_id)
+    return MetricHistory(job_id=job_id, history=[MetricPoint(step=r.step, metrics=r.metrics, at=r.at) for r in rows])
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=CancelResult, responses=error_responses(404))

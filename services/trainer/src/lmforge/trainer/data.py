@@ -203,9 +203,10 @@ def corpus_texts(examples: list[Example]) -> list[str]:
     return out
 
 
-def eval_set_fingerprint(dataset: str, version: int, split: str, records: list[Record]) -> str:
-    """Which examples a model was measured on: the same fingerprint means the same examples."""
+def eval_set_fingerprint(records: list[Record]) -> str:
+    """Which examples a model was measured on: the same fingerprint means the same records (ids and
+    contents), whichever dataset version they came in."""
     digest = hashlib.sha256()
     for r in sorted(records, key=lambda r: r.record_id):
         digest.update(f"{r.record_id}\x00{r.content_hash}\n".encode())
-    return f"{dataset}@v{version}/{split}/{digest.hexdigest()[:16]}"
+    return f"sha256-{digest.hexdigest()[:16]}"

@@ -23,6 +23,7 @@ from sqlalchemy import select, update
 from lmforge.common.artifacts import ArtifactStore
 from lmforge.common.db import Database, OutboxRelay
 from lmforge.common.events import (
+    EvaluationSummary,
     Hyperparameters,
     JobState,
     ModelReadyV1,
@@ -32,7 +33,7 @@ from lmforge.common.events import (
 from lmforge.common.redaction import describe_error
 from lmforge.common.telemetry import extract_context, get_logger, tracer
 
-from .models import outbox, training_jobs
+from .models import outbox, training_jobs, training_metrics
 from .protocol import REFUSED_EXIT_CODE
 from .settings import TrainerSettings
 
@@ -151,7 +152,8 @@ class JobExecutor:
             except Exception as exc:  # noqa: BLE001 - a failed job is reported, never fatal to the worker
                 await self._end_without_model(job, span, exc)
                 return
-            metrics = result["metrics"]
+            metrics = {k: float(v) for k, v in result["metrics"].items()}
+            evaluation = EvaluationSummary.model_validate(result["evaluation"]) if result.get("evaluation") else None
             async with self.db.sessions.begin() as session:
                 await self._set(
                     session,
@@ -160,6 +162,7 @@ class JobExecutor:
                     metrics=metrics,
                     artifact_uri=result["artifact_uri"],
                     step=int(metrics["steps"]),
+                    evaluation=evaluation.model_dump(mode="json") if evaluation else None,
                 )
                 await self._status(session, job, JobState.SUCCEEDED, metrics=metrics)
                 await outbox.add(
@@ -176,11 +179,29 @@ class JobExecutor:
                         dataset_manifest_uri=manifest_uri,
                         hyperparameters=Hyperparameters.model_validate(hp),
                         metrics=metrics,
+                        evaluation=evaluation,
                     ),
                     key=job.model_name,
                 )
             self.relay.wake()
             log.info("training job succeeded", job_id=job.job_id, run_id=job.run_id, metrics=metrics)
+
+    async def _progress(self, job_id: str, line: bytes) -> None:
+        """A progress line of the run: the job's step, and a row of its metric history."""
+        try:
+            fields = json.loads(line)
+        except ValueError:
+            return  # a library's own print: not progress
+        if not isinstance(fields, dict) or not isinstance(fields.get("step"), int):
+            return
+        values = {k: float(v) for k, v in fields.items() if k != "step" and isinstance(v, int | float)}
+        now = datetime.now(UTC)
+        async with self.db.sessions.begin() as session:
+            await self._set(session, job_id, step=fields["step"])
+            if values:
+                await session.execute(
+                    training_metrics.insert().values(job_id=job_id, step=fields["step"], metrics=values, at=now)
+                )
 
     async def _end_without_model(self, job: Any, span: trace.Span, exc: Exception) -> None:
         """Mark a job failed (or cancelled) and report it; the executor goes on with the next job."""
@@ -231,6 +252,10 @@ class JobExecutor:
                         # May hold credentials: the spec lives in a private temp folder, never in a log.
                         "artifacts_storage_options": self.artifacts.storage_options,
                         "artifact_key": f"models/{job.model_name}/{job.run_id}",
+                        "report_key": f"reports/{job.model_name}/{job.run_id}",
+                        "model_name": job.model_name,
+                        "run_id": job.run_id,
+                        "job_id": job.job_id,
                         "model_cache_dir": self.settings.model_cache_dir,
                         "output_dir": str(Path(tmp) / "run"),
                     }
@@ -252,11 +277,7 @@ class JobExecutor:
                 assert proc.stdout is not None
                 async with asyncio.timeout(self.settings.job_timeout_s):
                     async for line in proc.stdout:
-                        with contextlib.suppress(ValueError):
-                            step = json.loads(line).get("step")
-                            if step:
-                                async with self.db.sessions.begin() as session:
-                                    await self._set(session, job.job_id, step=int(step))
+                        await self._progress(job.job_id, line)
                     code = await proc.wait()
                 stderr = (await stderr_task).decode("utf-8", "replace")
             except TimeoutError:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Column, DateTime, Integer, MetaData, String, Table, Text
+from sqlalchemy import JSON, BigInteger, Column, DateTime, ForeignKey, Integer, MetaData, String, Table, Text
 
 from lmforge.common.db import Inbox, Outbox
 
@@ -26,8 +26,21 @@ training_jobs = Table(
     Column("metrics", JSON, nullable=False),
     Column("artifact_uri", Text, nullable=True),
     Column("error", Text, nullable=True),
+    # The test-split evaluation (EvaluationSummary: eval set, tokenizer, metrics, report URI).
+    Column("evaluation", JSON, nullable=True),
     # The request's trace context: the job's work continues that trace after a restart too.
     Column("traceparent", String(64), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Metric history, for curves: one row per progress line of the run (loss, learning rate, eval loss).
+training_metrics = Table(
+    "training_metrics",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("job_id", String(64), ForeignKey("training_jobs.job_id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("step", Integer, nullable=False),
+    Column("metrics", JSON, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
 )

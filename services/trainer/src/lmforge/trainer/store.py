@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from lmforge.common.db import Database
 
-from .models import training_jobs
+from .models import training_jobs, training_metrics
 
 
 async def list_jobs(db: Database, limit: int) -> list[Any]:
@@ -21,3 +21,10 @@ async def list_jobs(db: Database, limit: int) -> list[Any]:
 async def get_job(db: Database, job_id: str) -> Any | None:
     async with db.sessions() as session:
         return (await session.execute(select(training_jobs).where(training_jobs.c.job_id == job_id))).first()
+
+
+async def metric_history(db: Database, job_id: str) -> list[Any]:
+    """Every progress line of the job, in order: loss, learning rate and eval metrics by step."""
+    query = select(training_metrics).where(training_metrics.c.job_id == job_id).order_by(training_metrics.c.id)
+    async with db.sessions() as session:
+        return list((await session.execute(query)).all())

@@ -47,8 +47,8 @@ from lmforge.common.events import (
     TrainingTask,
 )
 
-from . import bases
-from .data import DataError, Example, SplitData, corpus_texts, read_records, to_examples
+from . import bases, evaluation
+from .data import DataError, Example, SplitData, corpus_texts, eval_set_fingerprint, read_records, to_examples
 from .protocol import REFUSED_EXIT_CODE
 
 LM_TASKS = (TrainingTask.CAUSAL_LM, TrainingTask.SFT)
@@ -454,7 +454,7 @@ def train(spec: dict[str, Any], *, on_trainer: Callable[[Any], None] | None = No
     result = trainer.train()
     seconds = time.monotonic() - started
     if not trainer.is_world_process_zero():
-        return {}
+        return {}  # the first process evaluates and writes; the others are done
     best = trainer.state.best_metric
     history = trainer.state.log_history
     losses = [h["loss"] for h in history if "loss" in h]
@@ -480,6 +480,12 @@ def train(spec: dict[str, Any], *, on_trainer: Callable[[Any], None] | None = No
             metrics[f"skipped_{split}_{reason}"] = float(n)
 
     trained = trainer.model
+    summary, report = evaluate(spec, hp, manifest, trainer, tok, data, records, labels)
+    metrics.update({k: v for k, v in summary["metrics"].items() if isinstance(v, float | int)})
+    report["metrics"] = metrics
+    report["history"] = [{k: v for k, v in h.items() if isinstance(v, int | float)} for h in trainer.state.log_history]
+    report_key = spec.get("report_key") or f"{spec['artifact_key']}-report"
+    summary["report_uri"] = evaluation.write_report(store, report_key, report)
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         layout = save_artifact(trained, tok, hp, base_weights, Path(tmp))
         artifact_uri = store.put_dir(Path(tmp), spec["artifact_key"])
@@ -487,10 +493,78 @@ def train(spec: dict[str, Any], *, on_trainer: Callable[[Any], None] | None = No
         "artifact_uri": artifact_uri,
         "artifact_layout": layout,
         "device": pl.name,
-        "tokenizer": tokenizer_fingerprint(tok),
         "labels": labels,
         "metrics": metrics,
+        "evaluation": summary,
     }
+
+
+def evaluate(
+    spec: dict[str, Any],
+    hp: Hyperparameters,
+    manifest: dict[str, Any],
+    trainer: Any,
+    tok: Any,
+    data: dict[str, SplitData],
+    records: dict[str, list[Any]],
+    labels: list[str],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The trained model on the test split (the validation split when a version has no test
+    records): the summary for the event and the job, and the report's body."""
+    split = "test" if data["test"].examples else "val"
+    test = data[split]
+    model = trainer.model
+    report: dict[str, Any] = {
+        "model_name": spec.get("model_name", ""),
+        "run_id": spec.get("run_id", ""),
+        "job_id": spec.get("job_id", ""),
+        "base_model": spec["base_model"],
+        "task": hp.task.value,
+        "method": hp.method.value,
+        "hyperparameters": hp.model_dump(mode="json"),
+        "dataset": manifest.get("dataset", ""),
+        "dataset_version": manifest.get("version", 0),
+        "split": split,
+        "records": len(test.examples),
+        "eval_set": eval_set_fingerprint(test.records),
+        "tokenizer": tokenizer_fingerprint(tok),
+    }
+    scores: dict[str, float] = {}
+    if hp.task in LM_TASKS:
+        raw = _dataset([e.trl_row() for e in test.examples])
+        # TRL's own preparation, so the test tokens are exactly what training would see.
+        prepared = trainer._prepare_dataset(raw, tok, trainer.args, False, None, "test")
+        keep = [k for k in ("input_ids", "labels", "completion_mask") if k in prepared.column_names]
+        rows = [{k: prepared[i][k] for k in keep} for i in range(len(prepared))]
+        scores.update(evaluation.language_model_loss(model, rows, trainer.data_collator, tok, hp.batch_size))
+        asked = [e for e in test.examples if e.prompt is not None and e.reference][: hp.eval_max_samples]
+        if asked:
+            answers = evaluation.greedy_answers(model, tok, asked, hp.eval_max_new_tokens, hp.batch_size)
+            references = [e.reference or "" for e in asked]
+            generated, rouge = evaluation.generation_scores(answers, references)
+            scores.update(generated)
+            report["samples"] = [
+                {"prompt": evaluation.prompt_for_report(e), "reference": ref, "answer": ans, "rouge_l": round(r, 4)}
+                for e, ref, ans, r in zip(asked, references, answers, rouge, strict=True)
+            ][:20]
+    else:
+        label_ids = {label: i for i, label in enumerate(labels)}
+        known = [e for e in test.examples if e.label in label_ids]
+        predicted = evaluation.classify(model, tok, known, hp.max_seq_len, hp.batch_size)
+        result = evaluation.classification_scores([label_ids[e.label or ""] for e in known], predicted, labels)
+        scores.update(result["metrics"])
+        report["per_class"], report["confusion_matrix"] = result["per_class"], result["confusion_matrix"]
+        unseen = len(test.examples) - len(known)
+        if unseen:
+            scores["test_unseen_labels"] = float(unseen)
+    summary = {
+        "split": split,
+        "eval_set": report["eval_set"],
+        "tokenizer": report["tokenizer"],
+        "records": len(test.examples),
+        "metrics": scores,
+    }
+    return summary, report
 
 
 def main() -> None:
