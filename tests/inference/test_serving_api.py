@@ -10,6 +10,8 @@ its own reconciler.
 - The response cache: a repeated greedy request is a hit (no Triton call), a sampled one never
   is, and a promotion never replays the previous version's answer.
 - Generation metrics and Triton's statistics in ``/metrics``; one pooled gRPC client per service.
+- A request that read its alias just before a promotion unloaded that version is answered by
+  the new one; replicas share cached answers through Redis.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from transformers import AutoTokenizer, GPT2LMHeadModel
 from lmforge.common.artifacts import ArtifactStore
 from lmforge.common.settings import ArtifactSettings, DatabaseSettings, KafkaSettings
 from lmforge.devstack.servers import RedisServer, TritonServer, free_port
+from lmforge.inference import store
 from lmforge.inference import triton as triton_module
 from lmforge.inference.app import build_app
 from lmforge.inference.reconciler import Reconciler
@@ -403,3 +406,29 @@ async def test_replicas_share_answers_through_redis(
             streamed = await second.generate(**request | {"stream": True})
             assert streamed.headers["X-Lmforge-Cache"] == "hit"
             assert ndjson(streamed)[0] == {"text": answered.json()["text"]}
+
+
+async def test_a_request_that_read_its_alias_before_a_promotion_is_answered_by_the_new_version(
+    inference: Inference, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = f"m{unique}"
+    await inference.deploy(model, "production", 1, save_model(inference.store, "models/m/run-1"))
+    stale = await store.get_deployment(inference.reconciler.db, model, "production")
+    await inference.deploy(model, "production", 2, save_model(inference.store, "models/m/run-2"))
+    assert not await inference.triton.is_ready(f"{model}-v1")  # the promotion unloaded v1
+
+    reads = 0
+    fresh = store.get_deployment
+
+    async def first_read_is_stale(*args: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return stale if reads == 1 else await fresh(*args)
+
+    monkeypatch.setattr(store, "get_deployment", first_read_is_stale)
+    for stream in (False, True):
+        reads = 0
+        r = await inference.generate(model=model, prompt="hello", max_tokens=2, stream=stream, temperature=0.5)
+        assert r.status_code == 200, r.text
+        assert r.headers["X-Lmforge-Model-Version"] == f"{model}@v2"
+        assert reads == 2
