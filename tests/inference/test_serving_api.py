@@ -358,6 +358,7 @@ async def test_generation_metrics_and_triton_statistics(inference: Inference, un
     text = (await inference.client.get("/metrics")).text
     assert f'lmforge_inference_triton_queue_seconds_total{{model="{model}-v1"}}' in text
     assert sample("lmforge_inference_triton_executions_total", labels) >= 2
+    assert sample("lmforge_inference_triton_batch_executions_total", labels | {"batch_size": "1"}) >= 2
     assert f'lmforge_inference_time_to_first_token_seconds_bucket{{le="0.01",model="{model}-v1"}}' in text
 
 

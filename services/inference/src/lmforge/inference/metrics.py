@@ -7,7 +7,8 @@
   Triton client when a generation finishes.
 - Response cache hits and misses (only requests the cache may answer count).
 - Triton's own cumulative counters per loaded model (queue time, requests, executions,
-  inferences), read periodically from its statistics API and exposed as counters by a collector.
+  inferences, executions per batch size), read periodically from its statistics API and exposed
+  as counters by a collector.
 """
 
 from __future__ import annotations
@@ -86,12 +87,19 @@ class TritonStatistics(Collector):
         inferences = CounterMetricFamily(
             "lmforge_inference_triton_inferences", "Requests Triton executed, batched or not, per model.", labels=MODEL
         )
+        batches = CounterMetricFamily(
+            "lmforge_inference_triton_batch_executions",
+            "Model executions Triton ran per batch size (the batches its dynamic batcher formed), per model.",
+            labels=(*MODEL, "batch_size"),
+        )
         for m in self._models:
             queue.add_metric([m.name], m.queue_ns / 1e9)
             requests.add_metric([m.name], m.success_count)
             executions.add_metric([m.name], m.execution_count)
             inferences.add_metric([m.name], m.inference_count)
-        yield from (queue, requests, executions, inferences)
+            for size, count in sorted(m.batches.items()):
+                batches.add_metric([m.name, str(size)], count)
+        yield from (queue, requests, executions, inferences, batches)
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
