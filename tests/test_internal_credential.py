@@ -41,7 +41,7 @@ def settings_for(service: str, kafka: KafkaSettings, tmp_path: Path, unique: str
     if service == "inference":  # no Triton and no registry here: deployments wait, as they would
         closed = free_port()
         own |= {
-            "triton_url": f"127.0.0.1:{closed}",
+            "triton_grpc_url": f"127.0.0.1:{closed}",
             "registry_url": f"http://127.0.0.1:{closed}",
             "model_repository": str(tmp_path / "repo"),
         }
