@@ -1,24 +1,34 @@
-"""The job executor: runs queued training jobs one at a time, each in its own process.
+"""The job executor: runs training jobs one at a time, each in its own process.
 
-Jobs live in the database: a restarted trainer picks up queued jobs and re-queues the one that
-was running. A job that fails for any reason (a bad manifest URI, a crashed training process, a
-timeout) is marked failed and reported; the executor goes on with the next job.
+Jobs live in the database, and a replica claims one with a lease: a conditional update that
+succeeds for one replica only (the job is queued, or running under a lease that ran out). The
+running replica renews the lease while its training process runs; if it dies (``kill -9``, a lost
+node), the lease runs out and the job is claimed again, by any replica, and the run resumes from
+its last checkpoint in the artifact store. A replica that restarts under the same ``replica_id``
+takes its own running jobs back at once. Two replicas never run the same job: a replica that finds
+its lease gone (taken over after a stall, or the job cancelled) stops its process and writes
+nothing more for the job.
+
+A job that fails for any reason (a bad manifest URI, a crashed training process, a timeout) is
+marked failed and reported; the executor goes on with the next job.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
+import signal
 import sys
 import tempfile
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import Link
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, and_, delete, or_, select, update
 
 from lmforge.common.artifacts import ArtifactStore
 from lmforge.common.db import Database, OutboxRelay
@@ -61,9 +71,9 @@ class JobExecutor:
         self._wake.set()
 
     async def run(self) -> None:
-        await self._requeue_interrupted()
+        await self._release_own_leases()
         while True:
-            job = await self._next_job()
+            job = await self.claim_next()
             if job is None:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -71,43 +81,123 @@ class JobExecutor:
                 continue
             await self._run_job(job)
 
+    @property
+    def owner(self) -> str:
+        return self.settings.replica_id
+
     async def cancel(self, job_id: str) -> str | None:
-        """Cancel a queued or running job; returns its state after the call, None if unknown."""
+        """Cancel a queued or running job; returns its state after the call, None if unknown.
+
+        A running job's replica notices at its next lease renewal and stops the process; this
+        replica stops it at once when it is the one running it."""
         async with self.db.sessions.begin() as session:
             row = (await session.execute(select(training_jobs).where(training_jobs.c.job_id == job_id))).first()
             if row is None:
                 return None
-            if row.state == JobState.QUEUED:
-                await self._set(session, job_id, state=JobState.CANCELLED)
-                return JobState.CANCELLED
-        if row.state == JobState.RUNNING and self._current and self._current[0] == job_id:
+            if row.state not in (JobState.QUEUED, JobState.RUNNING):
+                return str(row.state)
+            await self._set(session, job_id, state=JobState.CANCELLED, lease_expires_at=None)
+            await self._status(session, row, JobState.CANCELLED)
+        self.relay.wake()
+        if self._current and self._current[0] == job_id:
             with contextlib.suppress(ProcessLookupError):
                 self._current[1].kill()
-            return JobState.CANCELLED
-        return str(row.state)
+        return JobState.CANCELLED
 
-    async def _requeue_interrupted(self) -> None:
+    async def _release_own_leases(self) -> None:
+        """At start-up no job of this replica is running here: its leases may be taken at once."""
         async with self.db.sessions.begin() as session:
             await session.execute(
-                update(training_jobs).where(training_jobs.c.state == JobState.RUNNING).values(state=JobState.QUEUED)
+                update(training_jobs)
+                .where(training_jobs.c.state == JobState.RUNNING, training_jobs.c.lease_owner == self.owner)
+                .values(lease_expires_at=datetime.now(UTC) - timedelta(seconds=1))
             )
 
-    async def _next_job(self) -> Any:
+    def _lease_until(self) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=self.settings.lease_s)
+
+    async def claim_next(self) -> Any | None:
+        """Claim the oldest runnable job with a lease; None when there is none (or another replica won)."""
+        now = datetime.now(UTC)
+        runnable = or_(
+            training_jobs.c.state == JobState.QUEUED,
+            and_(training_jobs.c.state == JobState.RUNNING, training_jobs.c.lease_expires_at < now),
+        )
         async with self.db.sessions() as session:
-            return (
+            candidates = (
                 await session.execute(
-                    select(training_jobs)
-                    .where(training_jobs.c.state == JobState.QUEUED)
-                    .order_by(training_jobs.c.created_at)
-                    .limit(1)
+                    select(training_jobs.c.job_id).where(runnable).order_by(training_jobs.c.created_at).limit(5)
                 )
-            ).first()
+            ).all()
+        for (job_id,) in candidates:
+            async with self.db.sessions.begin() as session:
+                claimed = await _rows(
+                    session,
+                    update(training_jobs)
+                    .where(training_jobs.c.job_id == job_id, runnable)
+                    .values(
+                        state=JobState.RUNNING,
+                        lease_owner=self.owner,
+                        lease_expires_at=self._lease_until(),
+                        attempts=training_jobs.c.attempts + 1,
+                        updated_at=now,
+                    ),
+                )
+                if claimed != 1:
+                    continue  # another replica claimed it between the read and the update
+                row = (await session.execute(select(training_jobs).where(training_jobs.c.job_id == job_id))).one()
+            if row.attempts > self.settings.max_attempts:
+                span = trace.get_current_span()
+                await self._end_without_model(
+                    row, span, RuntimeError(f"abandoned: its trainer died {row.attempts - 1} times while running it")
+                )
+                continue
+            return row
+        return None
+
+    async def _renew_lease(self, job_id: str) -> bool:
+        """Extend this replica's lease; False when it is gone (cancelled, or taken over)."""
+        async with self.db.sessions.begin() as session:
+            renewed = await _rows(
+                session,
+                update(training_jobs)
+                .where(
+                    training_jobs.c.job_id == job_id,
+                    training_jobs.c.state == JobState.RUNNING,
+                    training_jobs.c.lease_owner == self.owner,
+                )
+                .values(lease_expires_at=self._lease_until()),
+            )
+        return renewed == 1
+
+    async def _heartbeat(self, job_id: str, proc: asyncio.subprocess.Process, lost: asyncio.Event) -> None:
+        while True:
+            await asyncio.sleep(self.settings.lease_s / 3)
+            if not await self._renew_lease(job_id):
+                lost.set()
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                return
 
     @staticmethod
     async def _set(session: Any, job_id: str, **values: Any) -> None:
         await session.execute(
             update(training_jobs).where(training_jobs.c.job_id == job_id).values(updated_at=datetime.now(UTC), **values)
         )
+
+    async def _finish(self, session: Any, job_id: str, **values: Any) -> bool:
+        """End a job this replica holds; False (and nothing written) when its lease is gone."""
+        ended = await _rows(
+            session,
+            update(training_jobs)
+            .where(
+                training_jobs.c.job_id == job_id,
+                training_jobs.c.state == JobState.RUNNING,
+                training_jobs.c.lease_owner == self.owner,
+            )
+            .values(updated_at=datetime.now(UTC), lease_expires_at=None, **values),
+        )
+        return ended == 1
 
     def _read_manifest(self, manifest_uri: str) -> dict[str, Any]:
         manifest = json.loads(self.artifacts.read_bytes(self.artifacts.key_of(manifest_uri)))
@@ -144,18 +234,20 @@ class JobExecutor:
                 )
                 return
             async with self.db.sessions.begin() as session:
-                await self._set(session, job.job_id, state=JobState.RUNNING)
                 await self._status(session, job, JobState.RUNNING)
             self.relay.wake()
             try:
                 result = await self._train_in_subprocess(job, hp, manifest_uri)
+            except LeaseLost as exc:
+                log.warning("training job left to its new holder", job_id=job.job_id, reason=str(exc))
+                return
             except Exception as exc:  # noqa: BLE001 - a failed job is reported, never fatal to the worker
                 await self._end_without_model(job, span, exc)
                 return
             metrics = {k: float(v) for k, v in result["metrics"].items()}
             evaluation = EvaluationSummary.model_validate(result["evaluation"]) if result.get("evaluation") else None
             async with self.db.sessions.begin() as session:
-                await self._set(
+                if not await self._finish(
                     session,
                     job.job_id,
                     state=JobState.SUCCEEDED,
@@ -163,7 +255,9 @@ class JobExecutor:
                     artifact_uri=result["artifact_uri"],
                     step=int(metrics["steps"]),
                     evaluation=evaluation.model_dump(mode="json") if evaluation else None,
-                )
+                ):
+                    log.warning("training job finished after its lease was gone", job_id=job.job_id)
+                    return
                 await self._status(session, job, JobState.SUCCEEDED, metrics=metrics)
                 await outbox.add(
                     session,
@@ -194,10 +288,21 @@ class JobExecutor:
             return  # a library's own print: not progress
         if not isinstance(fields, dict) or not isinstance(fields.get("step"), int):
             return
-        values = {k: float(v) for k, v in fields.items() if k != "step" and isinstance(v, int | float)}
-        now = datetime.now(UTC)
+        step = fields["step"]
         async with self.db.sessions.begin() as session:
-            await self._set(session, job_id, step=fields["step"])
+            if fields.get("event") == "checkpoint":
+                await self._set(session, job_id, checkpoint_step=step)
+                return
+            if fields.get("event") == "resumed":
+                # Steps after the checkpoint run again: their first logs leave the history.
+                await session.execute(
+                    delete(training_metrics).where(training_metrics.c.job_id == job_id, training_metrics.c.step > step)
+                )
+                await self._set(session, job_id, step=step)
+                return
+            values = {k: float(v) for k, v in fields.items() if k != "step" and isinstance(v, int | float)}
+            now = datetime.now(UTC)
+            await self._set(session, job_id, step=step)
             if values:
                 await session.execute(
                     training_metrics.insert().values(job_id=job_id, step=fields["step"], metrics=values, at=now)
@@ -215,7 +320,8 @@ class JobExecutor:
         span.set_status(trace.StatusCode.ERROR, summary[:200])
         log.error("training job ended without a model", job_id=job.job_id, state=state, error=summary, stderr=stderr)
         async with self.db.sessions.begin() as session:
-            await self._set(session, job.job_id, state=state, error=str(exc)[-4000:])
+            if not await self._finish(session, job.job_id, state=state, error=str(exc)[-4000:]):
+                return  # cancelled through the API (already recorded), or taken over by another replica
             await self._status(session, job, state, error=str(exc)[-1000:])
         self.relay.wake()
 
@@ -256,6 +362,8 @@ class JobExecutor:
                         "model_name": job.model_name,
                         "run_id": job.run_id,
                         "job_id": job.job_id,
+                        # Checkpoints of this run: a run claimed again resumes from the last one.
+                        "checkpoint_prefix": f"checkpoints/{job.model_name}/{job.run_id}",
                         "model_cache_dir": self.settings.model_cache_dir,
                         "output_dir": str(Path(tmp) / "run"),
                     }
@@ -270,8 +378,11 @@ class JobExecutor:
                 str(result_path),
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
+                preexec_fn=_die_with_parent,
             )
             self._current = (job.job_id, proc)
+            lost = asyncio.Event()
+            heartbeat = asyncio.create_task(self._heartbeat(job.job_id, proc, lost))
             try:
                 stderr_task = asyncio.create_task(proc.stderr.read())  # type: ignore[union-attr]
                 assert proc.stdout is not None
@@ -284,7 +395,10 @@ class JobExecutor:
                 proc.kill()
                 raise RuntimeError(f"training exceeded {self.settings.job_timeout_s:.0f}s") from None
             finally:
+                heartbeat.cancel()
                 self._current = None
+            if lost.is_set():
+                raise LeaseLost("the job's lease is gone: cancelled, or claimed by another replica")
             if code < 0:
                 raise JobCancelled(f"training process killed by signal {-code}")
             result: dict[str, Any] = {}
@@ -297,8 +411,27 @@ class JobExecutor:
             return result
 
 
+async def _rows(session: Any, statement: Any) -> int:
+    """Run an UPDATE; how many rows it changed (a conditional update's verdict)."""
+    result = await session.execute(statement)
+    assert isinstance(result, CursorResult)
+    return int(result.rowcount)
+
+
+def _die_with_parent() -> None:
+    """In the training process, before exec: the kernel kills it when the trainer dies (even by
+    SIGKILL), so a crashed trainer leaves no run behind to race the resumed one."""
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 class JobCancelled(RuntimeError):
     pass
+
+
+class LeaseLost(RuntimeError):
+    """This replica no longer holds the job: it writes nothing more for it."""
 
 
 class JobRefused(ValueError):

@@ -28,6 +28,12 @@ training_jobs = Table(
     Column("error", Text, nullable=True),
     # The test-split evaluation (EvaluationSummary: eval set, tokenizer, metrics, report URI).
     Column("evaluation", JSON, nullable=True),
+    # The claim: the replica running the job holds a lease it renews while the job runs; a job whose
+    # lease ran out (its trainer died) is claimed again and resumes from its last checkpoint.
+    Column("lease_owner", String(200), nullable=True),
+    Column("lease_expires_at", DateTime(timezone=True), nullable=True),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("checkpoint_step", Integer, nullable=True),
     # The request's trace context: the job's work continues that trace after a restart too.
     Column("traceparent", String(64), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import socket
+
 from pydantic import Field
 
 from lmforge.common.settings import DatabaseSettings, HttpSettings, ServiceSettings, service_config
@@ -18,5 +20,11 @@ class TrainerSettings(ServiceSettings):
     poll_interval_s: float = 1.0
     job_timeout_s: float = 3600.0
     work_dir: str = "var/trainer-work"
+    # This replica's name in job leases: a trainer that restarts under the same name takes its own
+    # running jobs back at once; another replica takes them once their lease has run out.
+    replica_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=200)
+    lease_s: float = Field(default=60.0, gt=0)
+    # A job whose trainer died this many times is failed rather than claimed again.
+    max_attempts: int = Field(default=3, ge=1)
     # Builtin bases converted once and reused (SmolLM2 from its GGUF file: about 20 s, 540 MB).
     model_cache_dir: str = "var/model-cache"

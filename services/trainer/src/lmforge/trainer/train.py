@@ -15,6 +15,7 @@ weights. The model goes to the artifact store with its tokenizer (``docs/trainin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -252,6 +253,46 @@ class _Callbacks:
 
         return ProgressReporter()
 
+    @staticmethod
+    def checkpoints(store: ArtifactStore, prefix: str) -> Any:
+        from transformers import TrainerCallback
+
+        class CheckpointUploader(TrainerCallback):  # type: ignore[misc]
+            """Each checkpoint the Trainer saves goes to the artifact store; ``latest.json`` names
+            the newest and the best one (the only two kept), for a run claimed again to resume."""
+
+            def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+                if not state.is_world_process_zero:
+                    return
+                name = f"checkpoint-{state.global_step}"
+                store.put_dir(Path(args.output_dir) / name, f"{prefix}/{name}")
+                best = Path(state.best_model_checkpoint).name if state.best_model_checkpoint else None
+                pointer = {"checkpoint": name, "step": state.global_step, "best": best}
+                store.write_bytes(f"{prefix}/latest.json", json.dumps(pointer).encode())
+                for old in {k.split("/")[len(prefix.split("/"))] for k in store.list(prefix)} - {name, best}:
+                    if old.startswith("checkpoint-"):
+                        store.fs.rm(store.path(f"{prefix}/{old}"), recursive=True)
+                progress(step=state.global_step, event="checkpoint")
+
+        return CheckpointUploader()
+
+
+def restore_checkpoint(store: ArtifactStore, prefix: str | None, into: Path) -> Path | None:
+    """The run's last checkpoint from the artifact store (and its best one, which the Trainer
+    reloads at the end), ready for ``resume_from_checkpoint``; None when the run has none."""
+    if not prefix or not store.exists(f"{prefix}/latest.json"):
+        return None
+    pointer = json.loads(store.read_bytes(f"{prefix}/latest.json"))
+    for name in {pointer["checkpoint"], pointer.get("best")} - {None}:
+        store.get_dir(f"{prefix}/{name}", into / name)
+    latest = into / pointer["checkpoint"]
+    state_path = latest / "trainer_state.json"
+    state = json.loads(state_path.read_text())
+    # The best checkpoint's path was the dead process's; here it is where it was just put.
+    state["best_model_checkpoint"] = str(into / pointer["best"]) if pointer.get("best") else None
+    state_path.write_text(json.dumps(state))
+    return latest
+
 
 def training_args(hp: Hyperparameters, out: Path, pl: Placement, *, sft: bool) -> Any:
     from transformers import TrainingArguments
@@ -425,8 +466,13 @@ def train(spec: dict[str, Any], *, on_trainer: Callable[[Any], None] | None = No
     work = Path(spec.get("output_dir") or tempfile.mkdtemp(prefix="lmforge-train-"))
     work.mkdir(parents=True, exist_ok=True)
 
+    prefix = spec.get("checkpoint_prefix")
+    resume = restore_checkpoint(store, prefix, work / f"resume-{rank()}")
     # The builtin tokenizer is trained on the records; a chat template decides how pairs are written.
-    if base_dir is None:
+    # A resumed run takes the one its checkpoint saved.
+    if resume is not None and base_dir is None:
+        tok = load_tokenizer(resume, [])
+    elif base_dir is None:
         texts = corpus_texts(to_examples(records["train"], hp.task, hp.response_template, chat=True).examples)
         tok = load_tokenizer(None, texts or [r.text for r in records["train"]])
     else:
@@ -447,11 +493,19 @@ def train(spec: dict[str, Any], *, on_trainer: Callable[[Any], None] | None = No
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     args = training_args(hp, work / "checkpoints", pl, sft=hp.task in LM_TASKS)
-    trainer = build_trainer(hp, model, tok, data["train"], data["val"], labels, args, [_Callbacks.progress()])
+    callbacks = [_Callbacks.progress()]
+    if prefix:
+        callbacks.append(_Callbacks.checkpoints(store, prefix))
+    trainer = build_trainer(hp, model, tok, data["train"], data["val"], labels, args, callbacks)
     if on_trainer is not None:
         on_trainer(trainer)
+    resumed_from = 0
+    if resume is not None:
+        resumed_from = json.loads((resume / "trainer_state.json").read_text())["global_step"]
+        if rank() == 0:
+            progress(step=resumed_from, event="resumed")
     started = time.monotonic()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     seconds = time.monotonic() - started
     if not trainer.is_world_process_zero():
         return {}  # the first process evaluates and writes; the others are done
@@ -470,6 +524,7 @@ def train(spec: dict[str, Any], *, on_trainer: Callable[[Any], None] | None = No
         "trainable_parameters": float(trainable),
         "parameters": float(total),
         "world_size": float(world_size()),
+        "resumed_from_step": float(resumed_from),
     }
     if best is not None:
         metrics["val_loss"] = round(float(best), 5)
@@ -489,6 +544,8 @@ def train(spec: dict[str, Any], *, on_trainer: Callable[[Any], None] | None = No
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         layout = save_artifact(trained, tok, hp, base_weights, Path(tmp))
         artifact_uri = store.put_dir(Path(tmp), spec["artifact_key"])
+    if prefix:  # the model is stored: the run's checkpoints have served their purpose
+        store.fs.rm(store.path(prefix), recursive=True)
     return {
         "artifact_uri": artifact_uri,
         "artifact_layout": layout,
@@ -567,7 +624,17 @@ def evaluate(
     return summary, report
 
 
+def _die_with_parent() -> None:
+    """Under torchrun the launcher is the parent: when it dies, so does this process."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def main() -> None:
+    _die_with_parent()
     spec_path, result_path = Path(sys.argv[1]), Path(sys.argv[2])
     try:
         result = train(json.loads(spec_path.read_text()))
