@@ -36,15 +36,10 @@ class Answer:
         return "".join(self.deltas)
 
 
-def _input(name: str, value: Any, datatype: str) -> grpcclient.InferInput:
-    dtype = {"BYTES": np.object_, "BOOL": np.bool_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32}
-    array = np.array([[value]], dtype=dtype[datatype])
-    tensor = grpcclient.InferInput(name, list(array.shape), datatype)
-    tensor.set_data_from_numpy(array)
-    return tensor
+DTYPES = {"BYTES": np.object_, "BOOL": np.bool_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32}
 
 
-def contract_inputs(
+def contract_arrays(
     prompt: str | list[dict[str, str]],
     *,
     max_tokens: int = 8,
@@ -54,19 +49,30 @@ def contract_inputs(
     stop: Sequence[str] | str = (),
     stream: bool = False,
     chat: bool | None = None,
-) -> list[grpcclient.InferInput]:
+) -> dict[str, tuple[np.ndarray, str]]:
+    """Every input of the contract, one request row each: name -> (array [1, 1], Triton type)."""
     is_chat = not isinstance(prompt, str) if chat is None else chat
     text = prompt if isinstance(prompt, str) else json.dumps(prompt)
-    return [
-        _input("PROMPT", text.encode(), "BYTES"),
-        _input("CHAT", is_chat, "BOOL"),
-        _input("MAX_TOKENS", max_tokens, "INT32"),
-        _input("TEMPERATURE", temperature, "FP32"),
-        _input("TOP_P", top_p, "FP32"),
-        _input("SEED", seed, "INT64"),
-        _input("STOP", (stop if isinstance(stop, str) else json.dumps(list(stop))).encode(), "BYTES"),
-        _input("STREAM", stream, "BOOL"),
-    ]
+    values = {
+        "PROMPT": (text.encode(), "BYTES"),
+        "CHAT": (is_chat, "BOOL"),
+        "MAX_TOKENS": (max_tokens, "INT32"),
+        "TEMPERATURE": (temperature, "FP32"),
+        "TOP_P": (top_p, "FP32"),
+        "SEED": (seed, "INT64"),
+        "STOP": ((stop if isinstance(stop, str) else json.dumps(list(stop))).encode(), "BYTES"),
+        "STREAM": (stream, "BOOL"),
+    }
+    return {name: (np.array([[value]], dtype=DTYPES[kind]), kind) for name, (value, kind) in values.items()}
+
+
+def contract_inputs(prompt: str | list[dict[str, str]], **kwargs: Any) -> list[grpcclient.InferInput]:
+    inputs = []
+    for name, (array, kind) in contract_arrays(prompt, **kwargs).items():
+        tensor = grpcclient.InferInput(name, list(array.shape), kind)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
 
 
 async def generate(client: grpcaio.InferenceServerClient, model: str, prompt: Any, **kwargs: Any) -> Answer:
@@ -174,10 +180,15 @@ def tiny_gpt2(folder: Path) -> Path:
     batch = tok([p + a + tok.eos_token for p, a in CORPUS], padding=True, return_tensors="pt")
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(300):
-        model(**batch, labels=labels).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 16-wide matrices: more threads only wait on each other
+    try:
+        for _ in range(300):
+            model(**batch, labels=labels).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    finally:
+        torch.set_num_threads(threads)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
@@ -238,3 +249,81 @@ def tiny_lora(store: ArtifactStore, base_uri: str, key: str, with_base: bool = T
     if with_base:
         store.get_dir(store.key_of(base_uri), folder / "base")
     return store.put_dir(folder, key), local
+
+
+# -- a stand-in for triton_python_backend_utils, to drive TritonPythonModel.execute in-process ----
+
+
+class FakeTensor:
+    def __init__(self, name: str, array: np.ndarray) -> None:
+        self.name = name
+        self.array = array
+
+    def as_numpy(self) -> np.ndarray:
+        return self.array
+
+
+class FakeError:
+    INVALID_ARG = "INVALID_ARG"
+    INTERNAL = "INTERNAL"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        self.message = message
+        self.code = code
+
+
+class FakeResponse:
+    def __init__(self, output_tensors: list[FakeTensor] | None = None, error: FakeError | None = None) -> None:
+        self.outputs = {t.name: t.array for t in output_tensors or []}
+        self.error = error
+
+
+class FakeSender:
+    def __init__(self, cancelled: bool = False) -> None:
+        self.sent: list[tuple[FakeResponse | None, int]] = []
+        self.cancelled = cancelled
+
+    def send(self, response: FakeResponse | None = None, flags: int = 0) -> None:
+        if self.sent and self.sent[-1][1] == FakePbUtils.TRITONSERVER_RESPONSE_COMPLETE_FINAL:
+            raise AssertionError("a response after the final one")
+        self.sent.append((response, flags))
+
+    def is_cancelled(self) -> bool:
+        return self.cancelled
+
+    @property
+    def finals(self) -> int:
+        return sum(1 for _, flags in self.sent if flags == FakePbUtils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def text(self) -> str:
+        return "".join(r.outputs["TEXT"].reshape(-1)[0].decode() for r, _ in self.sent if r and r.error is None)
+
+
+class FakeRequest:
+    def __init__(self, prompt: Any, sender: FakeSender | None = None, **kwargs: Any) -> None:
+        self.inputs = {name: array for name, (array, _) in contract_arrays(prompt, **kwargs).items()}
+        self.sender = sender or FakeSender()
+
+    def get_response_sender(self) -> FakeSender:
+        return self.sender
+
+
+class FakePbUtils:
+    TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+    TritonError = FakeError
+    InferenceResponse = FakeResponse
+    Tensor = FakeTensor
+    logged: list[str] = []
+
+    class Logger:
+        @staticmethod
+        def log_info(message: str) -> None:
+            FakePbUtils.logged.append(message)
+
+        @staticmethod
+        def log_error(message: str) -> None:
+            FakePbUtils.logged.append(message)
+
+    @staticmethod
+    def get_input_tensor_by_name(request: FakeRequest, name: str) -> FakeTensor | None:
+        return FakeTensor(name, request.inputs[name]) if name in request.inputs else None

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import tritonclient.grpc.aio as grpcaio
@@ -25,7 +26,18 @@ from lmforge.inference.model_repository import ModelRepository, config_pbtxt
 from lmforge.inference.settings import InferenceSettings
 from lmforge.inference.triton_model import LoadError, ModelRuntime, RequestError, find_adapter_base
 
-from .runtime_helpers import CORPUS, generate, greedy, stats, tiny_gpt2, tiny_llama, tiny_lora
+from .runtime_helpers import (
+    CORPUS,
+    FakePbUtils,
+    FakeRequest,
+    FakeSender,
+    generate,
+    greedy,
+    stats,
+    tiny_gpt2,
+    tiny_llama,
+    tiny_lora,
+)
 
 PROMPTS = [prompt for prompt, _ in CORPUS] + ["Customer: hello there Agent:", "Customer: where is my refund? Agent:"]
 
@@ -372,3 +384,68 @@ def test_chat_models_stop_at_their_end_of_turn_token(tiny: Path) -> None:
         "stop",
         3,
     )
+
+
+@pytest.fixture
+def backend(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> triton_model.TritonPythonModel:
+    """TritonPythonModel on the tiny GPT-2, driven in-process through a stand-in pb_utils."""
+    monkeypatch.setattr(triton_model, "pb_utils", FakePbUtils)
+    model = triton_model.TritonPythonModel()
+    model.runtime = ModelRuntime.load(tiny)
+    model.name = "tiny"
+    return model
+
+
+def test_execute_answers_each_request_once_and_bad_ones_alone(backend: triton_model.TritonPythonModel) -> None:
+    good = FakeRequest(PROMPTS[3], max_tokens=6)
+    streamed = FakeRequest(PROMPTS[3], max_tokens=6, stream=True)
+    bad = FakeRequest(PROMPTS[1], stop="[")
+    two_rows = FakeRequest(PROMPTS[1])
+    two_rows.inputs["PROMPT"] = np.array([[b"a"], [b"b"]], dtype=np.object_)
+    backend.execute([good, bad, streamed, two_rows])
+    assert [r.sender.finals for r in (good, bad, streamed, two_rows)] == [1, 1, 1, 1]
+    for request in (bad, two_rows):
+        [(response, _)] = request.sender.sent
+        assert response is not None and response.error is not None
+        assert response.error.message.startswith("invalid_request: ") and response.error.code == "INVALID_ARG"
+    [(whole, _)] = good.sender.sent
+    assert whole is not None and whole.error is None
+    assert {name: (a.shape, a.dtype.kind) for name, a in whole.outputs.items()} == {
+        "TEXT": ((1, 1), "O"),
+        "FINISH_REASON": ((1, 1), "O"),
+        "PROMPT_TOKENS": ((1, 1), "i"),
+        "COMPLETION_TOKENS": ((1, 1), "i"),
+        "BATCH_SIZE": ((1, 1), "i"),
+    }
+    assert int(whole.outputs["BATCH_SIZE"][0, 0]) == 2  # the two good ones generated together
+    assert len(streamed.sender.sent) > 1 and streamed.sender.text() == good.sender.text()
+
+
+def test_a_failure_mid_generation_ends_every_open_request_with_an_error(
+    backend: triton_model.TritonPythonModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forward = backend.runtime.model.forward
+    calls = []
+
+    def failing_second_step(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("device lost")
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(backend.runtime.model, "forward", failing_second_step)
+    done_early = FakeRequest(PROMPTS[0], max_tokens=1)
+    open_whole = FakeRequest(PROMPTS[1], max_tokens=10)
+    open_stream = FakeRequest(PROMPTS[2], max_tokens=10, stream=True)
+    cancelled = FakeRequest(PROMPTS[3], max_tokens=10, sender=FakeSender(cancelled=True))
+    backend.execute([done_early, open_whole, open_stream, cancelled])
+    assert len(calls) == 3
+    assert [r.sender.finals for r in (done_early, open_whole, open_stream, cancelled)] == [1, 1, 1, 1]
+    [(first, _)] = done_early.sender.sent
+    assert first is not None and first.error is None and first.outputs["FINISH_REASON"][0, 0] == b"length"
+    for request in (open_whole, open_stream):
+        last, _ = request.sender.sent[-1]
+        assert last is not None and last.error is not None
+        assert last.error.message == "internal: generation failed: RuntimeError: device lost"
+    assert len(open_stream.sender.sent) == 3  # two deltas, then the error
+    assert cancelled.sender.sent == [(None, 1)]  # left at its first check, no text sent to nobody

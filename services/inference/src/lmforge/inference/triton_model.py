@@ -261,6 +261,7 @@ class ModelRuntime:
     """A loaded model version: request preparation and batched generation with a KV cache."""
 
     load_report: LoadReport | None = None
+    _logits_to_keep = True  # compute the LM head for the last position only, where supported
 
     def __init__(self, model: Any, tokenizer: Any, device: torch.device | None = None) -> None:
         self.model = model
@@ -364,14 +365,21 @@ class ModelRuntime:
     # -- generation --------------------------------------------------------------------------
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        kwargs: dict[str, Any] = {"logits_to_keep": 1} if self._logits_to_keep else {}
+        try:
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                **kwargs,
+            )
+        except TypeError as exc:  # an architecture without logits_to_keep: whole-sequence logits
+            if not self._logits_to_keep or "logits_to_keep" not in str(exc):
+                raise
+            self._logits_to_keep = False
+            return self._forward(ids, mask, positions, cache)
         return out.logits[:, -1, :]
 
     def _sample(self, logits: torch.Tensor, rows: Sequence[_Row]) -> list[int]:
