@@ -556,4 +556,6 @@ def _code_for(status: int) -> str:
 def _instrument(app: FastAPI) -> None:
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
+    # One server span per request. The ASGI instrumentation's own "http send"/"http receive"
+    # spans (one per message: every chunk of a stream) say nothing a trace reader needs.
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics", exclude_spans=["receive", "send"])
