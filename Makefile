@@ -50,6 +50,8 @@ up: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bus_throughput.py
+	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/runtime_batching.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache var
