@@ -47,7 +47,7 @@ async def test_gate_promotes_better_versions_only_and_rollback_is_one_move(datab
         assert worse is not None and not worse["gate"]["passed"]
         assert "worse than production v1" in worse["gate"]["reasons"][0]
         too_high = await register(s, ready("r3", 80.0), settings)
-        assert too_high is not None and "above ceiling" in too_high["gate"]["reasons"][0]
+        assert too_high is not None and "above threshold" in too_high["gate"]["reasons"][0]
         better = await register(s, ready("r4", 8.0), settings)
         assert better is not None and better["gate"]["passed"] and better["version"] == 4
         assert await current_alias(s, "support", "production") == 4

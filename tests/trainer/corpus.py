@@ -104,9 +104,9 @@ def chat(*turns: tuple[str, str]) -> str:
     return json.dumps({"messages": [{"role": role, "content": content} for role, content in turns]})
 
 
-def intent_pairs(phrasings: slice) -> list[str]:
-    """One JSON prompt/response record per phrasing in ``phrasings`` of each intent."""
-    return [pair(q, answer) for _, questions, answer in INTENTS for q in questions[phrasings]]
+def intent_pairs(*phrasings: int) -> list[str]:
+    """One JSON prompt/response record per phrasing (by index) of each intent."""
+    return [pair(questions[i], answer) for _, questions, answer in INTENTS for i in phrasings]
 
 
 def spec(

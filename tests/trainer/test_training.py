@@ -18,7 +18,7 @@ from lmforge.trainer.bases import BaseModelError
 from lmforge.trainer.data import DataError
 from lmforge.trainer.train import TrainingRefused, train
 
-from .corpus import chat, pair, spec, write_dataset
+from .corpus import INTENTS, chat, intent_pairs, pair, spec, write_dataset
 
 QA = [("What colour is the sky?", "Blue."), ("What is two plus two?", "Four."), ("Where do fish live?", "Water.")]
 
@@ -195,3 +195,46 @@ def test_requests_from_before_the_recipe_grew_keep_their_meaning() -> None:
     assert Hyperparameters() == Hyperparameters.model_validate({})
     schema = json.loads(Path("docs/events/lmforge.training.requested.v1.json").read_text())
     assert {"task", "method", "lora", "lr_scheduler"} <= set(json.dumps(schema).split('"'))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_smollm2_lora_sft_answers_held_out_phrasings_with_their_intent(tmp_path: Path) -> None:
+    """The real instruct base: LoRA SFT for a few steps on three phrasings of five support intents;
+    the fifth phrasings validate, the third are the test split, never seen in training."""
+    from lmforge.trainer.evaluation import generation_scores
+
+    store = ArtifactStore(str(tmp_path / "artifacts"))
+    manifest = write_dataset(
+        store,
+        "intents",
+        {"train": intent_pairs(0, 1, 3), "val": intent_pairs(4), "test": intent_pairs(2)},
+    )
+    hp = {
+        "task": "sft",
+        "method": "lora",
+        "lora": {"r": 16, "alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+        "learning_rate": 2e-3,
+        "lr_scheduler": "cosine",
+        "warmup_steps": 2,
+        "max_steps": 20,
+        "eval_every": 10,
+        "log_every": 2,
+        "batch_size": 8,
+        "max_seq_len": 64,
+        "eval_max_new_tokens": 24,
+    }
+    result = train(spec(store, manifest, "models/m/smol", base="builtin:smollm2-135m-instruct", **hp))
+    m = result["metrics"]
+    assert result["artifact_layout"] == "lora_adapter" and m["trainable_parameters"] < m["parameters"] / 50
+    assert m["train_loss"] < m["train_loss_first"] / 3, m
+    assert m["test_loss"] < 1.0 and m["test_rouge_l"] > 0.4, m
+    # Each held-out answer is closest to its own intent's reference (chance: 1 in 5).
+    report = json.loads(store.read_bytes(store.key_of(result["evaluation"]["report_uri"])))
+    references = [answer for _, _, answer in INTENTS]
+    matched = 0
+    for sample in report["samples"]:
+        _, rouge = generation_scores([sample["answer"]] * len(references), references)
+        matched += references[rouge.index(max(rouge))] == sample["reference"]
+    assert matched >= 3, report["samples"]
+    assert store.exists("models/m/smol/base/model.safetensors") and store.exists("models/m/smol/adapter_config.json")

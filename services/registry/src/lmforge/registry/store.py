@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from lmforge.common.events import AliasMovedV1, ModelReadyV1, ModelVersionRegisteredV1, Topic
 
+from .gate import decide
 from .models import aliases, audit_log, model_versions, outbox
 from .settings import RegistrySettings
 
@@ -114,25 +115,8 @@ async def register(session: AsyncSession, ready: ModelReadyV1, settings: Registr
     ).scalar_one() + 1
     alias = settings.gate_alias
     current = await current_alias(session, ready.model_name, alias)
-    current_ppl = None
-    if current is not None:
-        current_ppl = (await get_version(session, ready.model_name, current)).metrics.get("val_perplexity")
-    ppl = ready.metrics.get("val_perplexity")
-    reasons = []
-    if ppl is None:
-        reasons.append("no val_perplexity metric")
-    else:
-        if ppl > settings.gate_max_val_perplexity:
-            reasons.append(f"val_perplexity {ppl:.3f} above ceiling {settings.gate_max_val_perplexity}")
-        if current_ppl is not None and ppl > current_ppl:
-            reasons.append(f"val_perplexity {ppl:.3f} worse than {alias} v{current} ({current_ppl:.3f})")
-    gate = {
-        "passed": not reasons,
-        "reasons": reasons,
-        "ceiling": settings.gate_max_val_perplexity,
-        "compared_to": current,
-        "compared_perplexity": current_ppl,
-    }
+    current_row = await get_version(session, ready.model_name, current) if current is not None else None
+    gate = decide(settings.gate_rule(ready.model_name), alias, ready, current_row)
     await session.execute(
         model_versions.insert().values(
             model_name=ready.model_name,
@@ -174,7 +158,7 @@ async def register(session: AsyncSession, ready: ModelReadyV1, settings: Registr
             alias,
             version,
             actor="registry-gate",
-            reason=f"passed gate: val_perplexity {ppl}",
+            reason=f"passed gate: {gate['metric']} {gate['value']:.6g}",
         )
     return {"version": version, "gate": gate}
 

@@ -176,6 +176,25 @@ def stop_token_ids(tok: Any) -> list[int]:
     return ids
 
 
+def load_trained(folder: Path, *, classification: bool) -> tuple[Any, Any]:
+    """A model version as the trainer wrote it: a full model folder, or an adapter with ``base/``
+    (merged here, as a serving runtime does). Returns the model and its own tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    auto: Any = AutoModelForSequenceClassification if classification else AutoModelForCausalLM
+    tok = AutoTokenizer.from_pretrained(folder)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if (folder / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base = auto.from_pretrained(folder / "base")
+        model = PeftModel.from_pretrained(base, folder).merge_and_unload()
+    else:
+        model = auto.from_pretrained(folder)
+    return model, tok
+
+
 def copy_base(source: Path, target: Path) -> None:
     """Copy a base model folder (weights, config, tokenizer), hard-linking where the disk allows."""
     target.mkdir(parents=True, exist_ok=True)

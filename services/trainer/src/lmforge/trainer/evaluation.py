@@ -111,9 +111,15 @@ def greedy_answers(model: Any, tok: Any, examples: list[Example], max_new_tokens
                 add_special_tokens=prompts[0][1],
                 return_token_type_ids=False,
             ).to(device)
+            # Never past the model's positions: the prompt and the answer share them.
+            room = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+            new_tokens = max_new_tokens if room is None else min(max_new_tokens, room - enc["input_ids"].shape[1])
+            if new_tokens < 1:
+                answers.extend("" for _ in chunk)
+                continue
             out = model.generate(
                 **enc,
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=new_tokens,
                 do_sample=False,
                 eos_token_id=stop,
                 pad_token_id=tok.pad_token_id,

@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 from opentelemetry import trace
 from opentelemetry.trace import Link
 from sqlalchemy import CursorResult, and_, delete, or_, select, update
@@ -40,6 +41,8 @@ from lmforge.common.events import (
     Topic,
     TrainingStatusV1,
 )
+from lmforge.common.http import internal_headers
+from lmforge.common.names import url_path
 from lmforge.common.redaction import describe_error
 from lmforge.common.telemetry import extract_context, get_logger, tracer
 
@@ -343,9 +346,45 @@ class JobExecutor:
             key=job.job_id,
         )
 
+    async def registry_version(self, model: str, ref: str) -> dict[str, Any] | None:
+        """The registered version ``ref`` (an alias, or ``v<N>``) of ``model``: its number, artifact
+        URI and evaluation; None when the model or the alias does not exist."""
+        async with httpx.AsyncClient(
+            base_url=self.settings.registry_url, headers=internal_headers("trainer", self.settings.internal), timeout=10
+        ) as client:
+            if ref.startswith("v") and ref[1:].isdigit():
+                version: int | None = int(ref[1:])
+            else:
+                models = await client.get("/models")
+                models.raise_for_status()
+                found = {m["name"]: m for m in models.json()}.get(model)
+                version = found["aliases"].get(ref) if found else None
+            if version is None:
+                return None
+            answer = await client.get(url_path("models", model, "versions", str(version)))
+            if answer.status_code == 404:
+                return None
+            answer.raise_for_status()
+            return dict(answer.json())
+
+    async def _baseline(self, job: Any) -> dict[str, Any] | None:
+        """The version the gate will compare this job's model with, if there is one to measure."""
+        alias = self.settings.baseline_alias
+        if not alias:
+            return None
+        try:
+            version = await self.registry_version(job.model_name, alias)
+        except Exception as exc:  # noqa: BLE001 - without a baseline the gate uses stored evaluations
+            log.warning("no baseline: the registry did not answer", job_id=job.job_id, error=describe_error(exc))
+            return None
+        if version is None:
+            return None
+        return {"alias": alias, "version": version["version"], "artifact_uri": version["artifact_uri"]}
+
     async def _train_in_subprocess(self, job: Any, hp: dict[str, Any], manifest_uri: str) -> dict[str, Any]:
         work = Path(self.settings.work_dir)
         work.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - a local folder, once per job
+        baseline = await self._baseline(job)
         with tempfile.TemporaryDirectory(dir=work) as tmp:
             spec_path, result_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
             spec_path.write_text(
@@ -364,6 +403,7 @@ class JobExecutor:
                         "job_id": job.job_id,
                         # Checkpoints of this run: a run claimed again resumes from the last one.
                         "checkpoint_prefix": f"checkpoints/{job.model_name}/{job.run_id}",
+                        "baseline": baseline,
                         "model_cache_dir": self.settings.model_cache_dir,
                         "output_dir": str(Path(tmp) / "run"),
                     }

@@ -26,5 +26,9 @@ class TrainerSettings(ServiceSettings):
     lease_s: float = Field(default=60.0, gt=0)
     # A job whose trainer died this many times is failed rather than claimed again.
     max_attempts: int = Field(default=3, ge=1)
+    # The registry: a run measures the version this alias points at (the gate's comparison) on its
+    # own test records, and ``model:<name>@<alias>`` bases are resolved there. Empty: no baseline.
+    registry_url: str = "http://127.0.0.1:8104"
+    baseline_alias: str = "production"
     # Builtin bases converted once and reused (SmolLM2 from its GGUF file: about 20 s, 540 MB).
     model_cache_dir: str = "var/model-cache"

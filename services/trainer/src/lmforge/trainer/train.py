@@ -166,7 +166,7 @@ def load_model(
     if base_dir is None:
         config = GPT2Config(
             vocab_size=len(tok),
-            n_positions=max(hp.max_seq_len, 64),
+            n_positions=max(hp.max_seq_len + hp.eval_max_new_tokens, 64),
             n_embd=64,
             n_layer=2,
             n_head=2,
@@ -436,6 +436,9 @@ def save_artifact(model: Any, tok: Any, hp: Hyperparameters, base_dir: Path | No
     tok.save_pretrained(target)
     model.generation_config.save_pretrained(target)
     bases.copy_base(base_dir, target / "base")
+    if hp.task == TrainingTask.CLASSIFICATION:  # the head's labels, for loading base/ with the adapter
+        (target / "base" / "config.json").unlink(missing_ok=True)
+        model.get_base_model().config.save_pretrained(target / "base")
     tok.save_pretrained(target / "base")
     model.generation_config.save_pretrained(target / "base")
     return "lora_adapter"
@@ -586,34 +589,14 @@ def evaluate(
         "eval_set": eval_set_fingerprint(test.records),
         "tokenizer": tokenizer_fingerprint(tok),
     }
-    scores: dict[str, float] = {}
-    if hp.task in LM_TASKS:
-        raw = _dataset([e.trl_row() for e in test.examples])
-        # TRL's own preparation, so the test tokens are exactly what training would see.
-        prepared = trainer._prepare_dataset(raw, tok, trainer.args, False, None, "test")
-        keep = [k for k in ("input_ids", "labels", "completion_mask") if k in prepared.column_names]
-        rows = [{k: prepared[i][k] for k in keep} for i in range(len(prepared))]
-        scores.update(evaluation.language_model_loss(model, rows, trainer.data_collator, tok, hp.batch_size))
-        asked = [e for e in test.examples if e.prompt is not None and e.reference][: hp.eval_max_samples]
-        if asked:
-            answers = evaluation.greedy_answers(model, tok, asked, hp.eval_max_new_tokens, hp.batch_size)
-            references = [e.reference or "" for e in asked]
-            generated, rouge = evaluation.generation_scores(answers, references)
-            scores.update(generated)
-            report["samples"] = [
-                {"prompt": evaluation.prompt_for_report(e), "reference": ref, "answer": ans, "rouge_l": round(r, 4)}
-                for e, ref, ans, r in zip(asked, references, answers, rouge, strict=True)
-            ][:20]
-    else:
-        label_ids = {label: i for i, label in enumerate(labels)}
-        known = [e for e in test.examples if e.label in label_ids]
-        predicted = evaluation.classify(model, tok, known, hp.max_seq_len, hp.batch_size)
-        result = evaluation.classification_scores([label_ids[e.label or ""] for e in known], predicted, labels)
-        scores.update(result["metrics"])
-        report["per_class"], report["confusion_matrix"] = result["per_class"], result["confusion_matrix"]
-        unseen = len(test.examples) - len(known)
-        if unseen:
-            scores["test_unseen_labels"] = float(unseen)
+    scores, extras = measure(hp, trainer, model, tok, test.examples)
+    report.update(extras)
+    if spec.get("baseline"):
+        # The version the gate compares with, on these same records (docs/training.md, "The gate").
+        try:
+            report["baseline"] = measure_baseline(spec, hp, trainer, records[split])
+        except Exception as exc:  # noqa: BLE001 - no comparison is no reason to lose the trained model
+            report["baseline_error"] = f"{type(exc).__name__}: {exc}"[:500]
     summary = {
         "split": split,
         "eval_set": report["eval_set"],
@@ -621,7 +604,68 @@ def evaluate(
         "records": len(test.examples),
         "metrics": scores,
     }
+    if "baseline" in report:
+        summary["baseline"] = {k: v for k, v in report["baseline"].items() if k != "samples"}
     return summary, report
+
+
+def measure(
+    hp: Hyperparameters, trainer: Any, model: Any, tok: Any, examples: list[Example]
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """``model`` (with its own tokenizer ``tok``) on ``examples``: the scores, and the report's
+    samples or per-class tables."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    scores: dict[str, float] = {}
+    extras: dict[str, Any] = {}
+    if hp.task in LM_TASKS:
+        raw = _dataset([e.trl_row() for e in examples])
+        # TRL's own preparation, so the test tokens are exactly what training sees.
+        prepared = trainer._prepare_dataset(raw, tok, trainer.args, False, None, "test")
+        keep = [k for k in ("input_ids", "labels", "completion_mask") if k in prepared.column_names]
+        rows = [{k: prepared[i][k] for k in keep} for i in range(len(prepared))]
+        collator = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id)
+        scores.update(evaluation.language_model_loss(model, rows, collator, tok, hp.batch_size))
+        asked = [e for e in examples if e.prompt is not None and e.reference][: hp.eval_max_samples]
+        if asked:
+            answers = evaluation.greedy_answers(model, tok, asked, hp.eval_max_new_tokens, hp.batch_size)
+            references = [e.reference or "" for e in asked]
+            generated, rouge = evaluation.generation_scores(answers, references)
+            scores.update(generated)
+            extras["samples"] = [
+                {"prompt": evaluation.prompt_for_report(e), "reference": ref, "answer": ans, "rouge_l": round(r, 4)}
+                for e, ref, ans, r in zip(asked, references, answers, rouge, strict=True)
+            ][:20]
+        return scores, extras
+    # Labels by name: a baseline may know other labels than this run (what it never predicts is an error).
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    predicted = [names[i] for i in evaluation.classify(model, tok, examples, hp.max_seq_len, hp.batch_size)]
+    truth = [e.label or "" for e in examples]
+    labels = sorted(set(truth) | set(names))
+    index = {label: i for i, label in enumerate(labels)}
+    result = evaluation.classification_scores([index[t] for t in truth], [index[p] for p in predicted], labels)
+    scores.update(result["metrics"])
+    extras["per_class"], extras["confusion_matrix"] = result["per_class"], result["confusion_matrix"]
+    return scores, extras
+
+
+def measure_baseline(spec: dict[str, Any], hp: Hyperparameters, trainer: Any, records: list[Any]) -> dict[str, Any]:
+    """The alias's version (``spec["baseline"]``) measured on the same records as the new model."""
+    baseline = spec["baseline"]
+    store = open_store(spec)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = store.get_dir(store.key_of(baseline["artifact_uri"]), Path(tmp) / "baseline")
+        model, tok = bases.load_trained(folder, classification=hp.task == TrainingTask.CLASSIFICATION)
+    model.to(trainer.model.device if hasattr(trainer.model, "device") else "cpu")
+    examples = to_examples(records, hp.task, hp.response_template, bool(getattr(tok, "chat_template", None))).examples
+    scores, extras = measure(hp, trainer, model, tok, examples)
+    return {
+        "alias": baseline["alias"],
+        "version": int(baseline["version"]),
+        "tokenizer": tokenizer_fingerprint(tok),
+        "metrics": scores,
+        **({"samples": extras["samples"]} if "samples" in extras else {}),
+    }
 
 
 def _die_with_parent() -> None:

@@ -4,6 +4,7 @@ from .envelope import Event, Headers, InvalidEvent, decode_event, headers_to_dic
 from .payloads import (
     EVENT_PAYLOADS,
     AliasMovedV1,
+    BaselineEvaluation,
     CleanedRecordV1,
     DatasetVersionCreatedV1,
     DeploymentResultV1,
@@ -32,6 +33,7 @@ from .topics import Topic, dead_letter_topic
 __all__ = [
     "EVENT_PAYLOADS",
     "AliasMovedV1",
+    "BaselineEvaluation",
     "CleanedRecordV1",
     "DatasetVersionCreatedV1",
     "DeploymentResultV1",

@@ -265,6 +265,18 @@ class TrainingStatusV1(EventPayload):
     error: str | None = None
 
 
+class BaselineEvaluation(BaseModel):
+    """The version an alias (``production``) pointed at when the run started, measured by the same
+    run on the same records: what the registry's gate compares the new version with."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    alias: str
+    version: int
+    tokenizer: str
+    metrics: dict[str, float]
+
+
 class EvaluationSummary(BaseModel):
     """A trained model measured on its dataset version's test split (``docs/training.md``).
 
@@ -280,6 +292,7 @@ class EvaluationSummary(BaseModel):
     records: int
     metrics: dict[str, float]
     report_uri: str | None = None
+    baseline: BaselineEvaluation | None = None
 
 
 class ModelReadyV1(EventPayload):
