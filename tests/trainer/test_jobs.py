@@ -40,7 +40,7 @@ def dataset(store: ArtifactStore, name: str, *, corrupt: bool = False) -> str:
     return store.write_bytes(f"{name}/manifest.json", json.dumps(manifest).encode())
 
 
-def request(job_id: str, manifest_uri: str, **hp: Any) -> InboundMessage:
+def request(job_id: str, manifest_uri: str, base: str = "builtin:tiny-gpt2", **hp: Any) -> InboundMessage:
     value, headers = Event(
         data=TrainingRequestedV1(
             job_id=job_id,
@@ -48,6 +48,7 @@ def request(job_id: str, manifest_uri: str, **hp: Any) -> InboundMessage:
             dataset="d",
             dataset_version=1,
             dataset_manifest_uri=manifest_uri,
+            base_model=base,
             hyperparameters=Hyperparameters.model_validate(
                 {"max_steps": 4, "eval_every": 2, "batch_size": 4, "max_seq_len": 32} | hp
             ),

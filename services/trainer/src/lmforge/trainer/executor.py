@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import ctypes
 import json
+import os
 import signal
 import sys
 import tempfile
@@ -46,6 +47,7 @@ from lmforge.common.names import url_path
 from lmforge.common.redaction import describe_error
 from lmforge.common.telemetry import extract_context, get_logger, tracer
 
+from .bases import REGISTERED
 from .models import outbox, training_jobs, training_metrics
 from .protocol import REFUSED_EXIT_CODE
 from .settings import TrainerSettings
@@ -67,6 +69,9 @@ class JobExecutor:
         self.db = db
         self.artifacts = artifacts
         self.relay = relay
+        # Absolute: the training process runs in its job's own folder.
+        self._work = Path(os.path.abspath(settings.work_dir))
+        self._model_cache = os.path.abspath(settings.model_cache_dir)
         self._wake = asyncio.Event()
         self._current: tuple[str, asyncio.subprocess.Process] | None = None
 
@@ -367,6 +372,21 @@ class JobExecutor:
             answer.raise_for_status()
             return dict(answer.json())
 
+    async def _registered_base(self, job: Any) -> dict[str, Any] | None:
+        """For ``model:<name>@<alias>`` (or ``@v<N>``) bases: the version to start from."""
+        match = REGISTERED.match(job.base_model)
+        if match is None:
+            return None
+        try:
+            found = await self.registry_version(match["name"], match["ref"])
+        except Exception as exc:
+            raise JobRefused(
+                f"base model {job.base_model}: the registry did not answer ({describe_error(exc)})"
+            ) from exc
+        if found is None:
+            raise JobRefused(f"base model {job.base_model}: no such registered version")
+        return {"model": match["name"], "version": found["version"], "artifact_uri": found["artifact_uri"]}
+
     async def _baseline(self, job: Any) -> dict[str, Any] | None:
         """The version the gate will compare this job's model with, if there is one to measure."""
         alias = self.settings.baseline_alias
@@ -382,9 +402,10 @@ class JobExecutor:
         return {"alias": alias, "version": version["version"], "artifact_uri": version["artifact_uri"]}
 
     async def _train_in_subprocess(self, job: Any, hp: dict[str, Any], manifest_uri: str) -> dict[str, Any]:
-        work = Path(self.settings.work_dir)
-        work.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - a local folder, once per job
+        work = self._work
+        work.mkdir(parents=True, exist_ok=True)
         baseline = await self._baseline(job)
+        base_artifact = await self._registered_base(job)
         with tempfile.TemporaryDirectory(dir=work) as tmp:
             spec_path, result_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
             spec_path.write_text(
@@ -404,18 +425,28 @@ class JobExecutor:
                         # Checkpoints of this run: a run claimed again resumes from the last one.
                         "checkpoint_prefix": f"checkpoints/{job.model_name}/{job.run_id}",
                         "baseline": baseline,
-                        "model_cache_dir": self.settings.model_cache_dir,
+                        "base_artifact": base_artifact,
+                        "model_cache_dir": self._model_cache,
                         "output_dir": str(Path(tmp) / "run"),
                     }
                 )
             )
+            launcher = ["-m", "lmforge.trainer.train"]
+            if self.settings.processes_per_job > 1:
+                launcher = [
+                    "-m",
+                    "torch.distributed.run",
+                    "--standalone",
+                    f"--nproc_per_node={self.settings.processes_per_job}",
+                    *launcher,
+                ]
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-P",
-                "-m",
-                "lmforge.trainer.train",
+                *launcher,
                 str(spec_path),
                 str(result_path),
+                cwd=tmp,  # torchrun's workers put their working folder on sys.path: an empty one
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 preexec_fn=_die_with_parent,

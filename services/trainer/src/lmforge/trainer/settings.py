@@ -30,5 +30,8 @@ class TrainerSettings(ServiceSettings):
     # own test records, and ``model:<name>@<alias>`` bases are resolved there. Empty: no baseline.
     registry_url: str = "http://127.0.0.1:8104"
     baseline_alias: str = "production"
+    # Processes per job: more than one runs data-parallel under torchrun (one per GPU, or CPU
+    # processes with gloo); the effective batch is batch_size x accumulation x processes.
+    processes_per_job: int = Field(default=1, ge=1, le=64)
     # Builtin bases converted once and reused (SmolLM2 from its GGUF file: about 20 s, 540 MB).
     model_cache_dir: str = "var/model-cache"

@@ -24,7 +24,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -229,7 +229,7 @@ class _Callbacks:
     """Trainer callbacks, built lazily so that importing this module stays cheap."""
 
     @staticmethod
-    def progress() -> Any:
+    def progress(language_model: bool) -> Any:
         from transformers import TrainerCallback
 
         class ProgressReporter(TrainerCallback):  # type: ignore[misc]
@@ -247,7 +247,7 @@ class _Callbacks:
                     and math.isfinite(float(v))
                     and not k.endswith(("_runtime", "_per_second"))
                 }
-                if "eval_loss" in values:
+                if "eval_loss" in values and language_model:
                     values["val_perplexity"] = round(math.exp(min(values["eval_loss"], 50.0)), 4)
                 progress(step=state.global_step, **values)
 
@@ -275,6 +275,18 @@ class _Callbacks:
                 progress(step=state.global_step, event="checkpoint")
 
         return CheckpointUploader()
+
+
+def registered_base(store: ArtifactStore, base: dict[str, Any], hp: Hyperparameters, into: Path) -> Path:
+    """A registered version's artifact as a plain model folder to start from: a full model as it is,
+    an adapter merged into its ``base/`` (the new run's LoRA, if any, goes over the merged weights)."""
+    folder = store.get_dir(store.key_of(base["artifact_uri"]), into / "artifact")
+    if not (folder / "adapter_config.json").is_file():
+        return folder
+    model, tok = bases.load_trained(folder, classification=hp.task == TrainingTask.CLASSIFICATION)
+    model.save_pretrained(into / "merged")
+    tok.save_pretrained(into / "merged")
+    return into / "merged"
 
 
 def restore_checkpoint(store: ArtifactStore, prefix: str | None, into: Path) -> Path | None:
@@ -424,8 +436,9 @@ def save_artifact(model: Any, tok: Any, hp: Hyperparameters, base_dir: Path | No
     template's end of turn).
     """
     stop = bases.stop_token_ids(tok)
-    model.generation_config.eos_token_id = stop if len(stop) > 1 else stop[0]
-    model.generation_config.pad_token_id = tok.pad_token_id
+    if hp.task in LM_TASKS and stop:
+        model.generation_config.eos_token_id = stop if len(stop) > 1 else stop[0]
+        model.generation_config.pad_token_id = tok.pad_token_id
     if hp.method == TrainingMethod.FULL:
         model.save_pretrained(target)
         tok.save_pretrained(target)
@@ -434,13 +447,15 @@ def save_artifact(model: Any, tok: Any, hp: Hyperparameters, base_dir: Path | No
     model.peft_config["default"].base_model_name_or_path = "base"
     model.save_pretrained(target)
     tok.save_pretrained(target)
-    model.generation_config.save_pretrained(target)
+    if hp.task in LM_TASKS:
+        model.generation_config.save_pretrained(target)
     bases.copy_base(base_dir, target / "base")
     if hp.task == TrainingTask.CLASSIFICATION:  # the head's labels, for loading base/ with the adapter
         (target / "base" / "config.json").unlink(missing_ok=True)
         model.get_base_model().config.save_pretrained(target / "base")
     tok.save_pretrained(target / "base")
-    model.generation_config.save_pretrained(target / "base")
+    if hp.task in LM_TASKS:
+        model.generation_config.save_pretrained(target / "base")
     return "lora_adapter"
 
 
@@ -465,9 +480,12 @@ def train(spec: dict[str, Any], *, on_trainer: Callable[[Any], None] | None = No
     records = _splits(store, manifest)
     if not records["train"]:
         raise DataError(f"dataset {manifest.get('dataset')} v{manifest.get('version')} has no training records")
-    base_dir = bases.base_dir(spec["base_model"], Path(spec.get("model_cache_dir") or "var/model-cache"))
     work = Path(spec.get("output_dir") or tempfile.mkdtemp(prefix="lmforge-train-"))
     work.mkdir(parents=True, exist_ok=True)
+    if spec.get("base_artifact"):  # continual fine-tuning: a registered version, resolved by the executor
+        base_dir: Path | None = registered_base(store, spec["base_artifact"], hp, work / f"registered-base-{rank()}")
+    else:
+        base_dir = bases.base_dir(spec["base_model"], Path(spec.get("model_cache_dir") or "var/model-cache"))
 
     prefix = spec.get("checkpoint_prefix")
     resume = restore_checkpoint(store, prefix, work / f"resume-{rank()}")
@@ -496,7 +514,7 @@ def train(spec: dict[str, Any], *, on_trainer: Callable[[Any], None] | None = No
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     args = training_args(hp, work / "checkpoints", pl, sft=hp.task in LM_TASKS)
-    callbacks = [_Callbacks.progress()]
+    callbacks = [_Callbacks.progress(hp.task in LM_TASKS)]
     if prefix:
         callbacks.append(_Callbacks.checkpoints(store, prefix))
     trainer = build_trainer(hp, model, tok, data["train"], data["val"], labels, args, callbacks)
@@ -529,6 +547,8 @@ def train(spec: dict[str, Any], *, on_trainer: Callable[[Any], None] | None = No
         "world_size": float(world_size()),
         "resumed_from_step": float(resumed_from),
     }
+    if spec.get("base_artifact"):
+        metrics["base_version"] = float(spec["base_artifact"]["version"])
     if best is not None:
         metrics["val_loss"] = round(float(best), 5)
         if hp.task in LM_TASKS:
@@ -621,7 +641,8 @@ def measure(
     if hp.task in LM_TASKS:
         raw = _dataset([e.trl_row() for e in examples])
         # TRL's own preparation, so the test tokens are exactly what training sees.
-        prepared = trainer._prepare_dataset(raw, tok, trainer.args, False, None, "test")
+        with _preparing_alone():
+            prepared = trainer._prepare_dataset(raw, tok, trainer.args, False, None, "test")
         keep = [k for k in ("input_ids", "labels", "completion_mask") if k in prepared.column_names]
         rows = [{k: prepared[i][k] for k in keep} for i in range(len(prepared))]
         collator = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id)
@@ -647,6 +668,21 @@ def measure(
     scores.update(result["metrics"])
     extras["per_class"], extras["confusion_matrix"] = result["per_class"], result["confusion_matrix"]
     return scores, extras
+
+
+@contextlib.contextmanager
+def _preparing_alone() -> Iterator[None]:
+    """TRL prepares a dataset on the main process first while the others wait at a barrier. After a
+    data-parallel run the first process evaluates alone (the others have finished), so here that
+    ordering is a no-op."""
+    from trl.trainer import sft_trainer
+
+    ordered = sft_trainer.global_then_local_main_first
+    sft_trainer.global_then_local_main_first = contextlib.nullcontext  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sft_trainer.global_then_local_main_first = ordered
 
 
 def measure_baseline(spec: dict[str, Any], hp: Hyperparameters, trainer: Any, records: list[Any]) -> dict[str, Any]:
