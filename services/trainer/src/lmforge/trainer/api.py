@@ -35,6 +35,11 @@ class TrainingJob(BaseModel):
         description="The test-split evaluation: eval set, tokenizer, metrics and the report's URI (docs/training.md).",
     )
     error: str | None
+    search: dict[str, Any] | None = Field(
+        default=None, description="A search job: its spec. A trial: the parameters it tries."
+    )
+    parent_job_id: str | None = Field(default=None, description="A trial's search job.")
+    trial: int | None = Field(default=None, description="A trial's number in its search, from 0.")
     created_at: datetime
     updated_at: datetime
 

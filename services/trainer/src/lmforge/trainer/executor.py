@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import tempfile
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ import httpx
 from opentelemetry import trace
 from opentelemetry.trace import Link
 from sqlalchemy import CursorResult, and_, delete, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from lmforge.common.artifacts import ArtifactStore
 from lmforge.common.db import Database, OutboxRelay
@@ -39,6 +41,7 @@ from lmforge.common.events import (
     Hyperparameters,
     JobState,
     ModelReadyV1,
+    SearchSpec,
     Topic,
     TrainingStatusV1,
 )
@@ -47,6 +50,7 @@ from lmforge.common.names import url_path
 from lmforge.common.redaction import describe_error
 from lmforge.common.telemetry import extract_context, get_logger, tracer
 
+from . import search
 from .bases import REGISTERED
 from .models import outbox, training_jobs, training_metrics
 from .protocol import REFUSED_EXIT_CODE
@@ -81,6 +85,7 @@ class JobExecutor:
     async def run(self) -> None:
         await self._release_own_leases()
         while True:
+            await self.advance_searches()
             job = await self.claim_next()
             if job is None:
                 self._wake.clear()
@@ -106,11 +111,142 @@ class JobExecutor:
                 return str(row.state)
             await self._set(session, job_id, state=JobState.CANCELLED, lease_expires_at=None)
             await self._status(session, row, JobState.CANCELLED)
+            # A search's trials go with it (a running one stops at its replica's next renewal).
+            await session.execute(
+                update(training_jobs)
+                .where(
+                    training_jobs.c.parent_job_id == job_id,
+                    training_jobs.c.state.in_([JobState.QUEUED, JobState.RUNNING]),
+                )
+                .values(state=JobState.CANCELLED, updated_at=datetime.now(UTC))
+            )
         self.relay.wake()
         if self._current and self._current[0] == job_id:
             with contextlib.suppress(ProcessLookupError):
                 self._current[1].kill()
         return JobState.CANCELLED
+
+    async def advance_searches(self) -> None:
+        """Move each running hyperparameter search on: queue its next trial when none is in
+        flight, or, once all have run, publish the best trial's model as the search's version.
+
+        Idempotent and safe on several replicas: a trial's job id is derived from the search and
+        its number (the second insert fails), and the search ends with a conditional update."""
+        async with self.db.sessions() as session:
+            searches = (
+                await session.execute(
+                    select(training_jobs).where(
+                        training_jobs.c.search.is_not(None), training_jobs.c.state == JobState.RUNNING
+                    )
+                )
+            ).all()
+        for parent in searches:
+            try:
+                await self._advance_search(parent)
+            except Exception as exc:  # noqa: BLE001 - one broken search never stops the worker
+                log.error("search not advanced", job_id=parent.job_id, error=describe_error(exc))
+
+    async def _advance_search(self, parent: Any) -> None:
+        spec = SearchSpec.model_validate(parent.search)
+        query = select(training_jobs).where(training_jobs.c.parent_job_id == parent.job_id)
+        async with self.db.sessions() as session:
+            trials: list[Any] = list((await session.execute(query.order_by(training_jobs.c.trial))).all())
+        ended = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+        if any(t.state not in ended for t in trials):
+            return  # one trial at a time: each sees the results of the ones before
+        total = search.trial_count(spec)
+        if len(trials) < total:
+            await self._queue_trial(parent, spec, trials)
+        else:
+            await self._end_search(parent, spec, trials)
+
+    async def _queue_trial(self, parent: Any, spec: SearchSpec, trials: list[Any]) -> None:
+        number = len(trials)
+        finished = [(dict(t.search or {}), search.score(t.metrics, spec)) for t in trials]
+        parameters = search.next_parameters(spec, number, finished)
+        now = datetime.now(UTC)
+        values: dict[str, Any] = {
+            "job_id": search.trial_job_id(parent.job_id, number),
+            "run_id": f"run-{uuid.uuid4().hex[:12]}",
+            "model_name": parent.model_name,
+            "dataset": parent.dataset,
+            "dataset_version": parent.dataset_version,
+            "base_model": parent.base_model,
+            "dataset_manifest_uri": parent.dataset_manifest_uri,
+            "state": JobState.QUEUED,
+            "step": 0,
+            "metrics": {},
+            "traceparent": parent.traceparent,
+            "parent_job_id": parent.job_id,
+            "trial": number,
+            "search": parameters,  # a trial's "search" is the point it tries
+            "created_at": now,
+            "updated_at": now,
+        }
+        try:
+            values["hyperparameters"] = search.apply(dict(parent.hyperparameters), parameters).model_dump(mode="json")
+        except ValueError as exc:
+            values |= {"state": JobState.FAILED, "error": f"parameters out of bounds: {exc}"[:1000]}
+            values["hyperparameters"] = dict(parent.hyperparameters)
+        try:
+            async with self.db.sessions.begin() as session:
+                await session.execute(training_jobs.insert().values(**values))
+        except IntegrityError:
+            return  # another replica queued this trial first
+        log.info("search trial queued", job_id=parent.job_id, trial=number, parameters=parameters)
+
+    async def _end_search(self, parent: Any, spec: SearchSpec, trials: list[Any]) -> None:
+        winner = search.best(trials, spec)
+        summary = {"search_trials": float(len(trials))}
+        async with self.db.sessions.begin() as session:
+            if winner is None:
+                ended = await _rows(
+                    session,
+                    update(training_jobs)
+                    .where(training_jobs.c.job_id == parent.job_id, training_jobs.c.state == JobState.RUNNING)
+                    .values(state=JobState.FAILED, error=f"no trial scored {spec.metric}", metrics=summary),
+                )
+                if ended:
+                    await self._status(session, parent, JobState.FAILED, error=f"no trial scored {spec.metric}")
+                return
+            metrics = {**{k: float(v) for k, v in winner.metrics.items()}, **summary}
+            metrics["search_best_trial"] = float(winner.trial)
+            ended = await _rows(
+                session,
+                update(training_jobs)
+                .where(training_jobs.c.job_id == parent.job_id, training_jobs.c.state == JobState.RUNNING)
+                .values(
+                    state=JobState.SUCCEEDED,
+                    metrics=metrics,
+                    artifact_uri=winner.artifact_uri,
+                    evaluation=winner.evaluation,
+                    step=winner.step,
+                    updated_at=datetime.now(UTC),
+                ),
+            )
+            if not ended:
+                return  # another replica ended it
+            await self._status(session, parent, JobState.SUCCEEDED, metrics=metrics)
+            await outbox.add(
+                session,
+                Topic.MODEL_READY,
+                ModelReadyV1(
+                    model_name=parent.model_name,
+                    run_id=parent.run_id,
+                    job_id=parent.job_id,
+                    artifact_uri=winner.artifact_uri,
+                    base_model=parent.base_model,
+                    dataset=parent.dataset,
+                    dataset_version=parent.dataset_version,
+                    dataset_manifest_uri=parent.dataset_manifest_uri,
+                    hyperparameters=Hyperparameters.model_validate(winner.hyperparameters),
+                    metrics=metrics,
+                    evaluation=EvaluationSummary.model_validate(winner.evaluation) if winner.evaluation else None,
+                ),
+                key=parent.model_name,
+            )
+        self.relay.wake()
+        log.info("search ended", job_id=parent.job_id, best_trial=winner.trial, metric=spec.metric)
 
     async def _release_own_leases(self) -> None:
         """At start-up no job of this replica is running here: its leases may be taken at once."""
@@ -267,24 +403,25 @@ class JobExecutor:
                     log.warning("training job finished after its lease was gone", job_id=job.job_id)
                     return
                 await self._status(session, job, JobState.SUCCEEDED, metrics=metrics)
-                await outbox.add(
-                    session,
-                    Topic.MODEL_READY,
-                    ModelReadyV1(
-                        model_name=job.model_name,
-                        run_id=job.run_id,
-                        job_id=job.job_id,
-                        artifact_uri=result["artifact_uri"],
-                        base_model=job.base_model,
-                        dataset=job.dataset,
-                        dataset_version=job.dataset_version,
-                        dataset_manifest_uri=manifest_uri,
-                        hyperparameters=Hyperparameters.model_validate(hp),
-                        metrics=metrics,
-                        evaluation=evaluation,
-                    ),
-                    key=job.model_name,
-                )
+                if job.parent_job_id is None:  # a search's trials are candidates: the search publishes its best
+                    await outbox.add(
+                        session,
+                        Topic.MODEL_READY,
+                        ModelReadyV1(
+                            model_name=job.model_name,
+                            run_id=job.run_id,
+                            job_id=job.job_id,
+                            artifact_uri=result["artifact_uri"],
+                            base_model=job.base_model,
+                            dataset=job.dataset,
+                            dataset_version=job.dataset_version,
+                            dataset_manifest_uri=manifest_uri,
+                            hyperparameters=Hyperparameters.model_validate(hp),
+                            metrics=metrics,
+                            evaluation=evaluation,
+                        ),
+                        key=job.model_name,
+                    )
             self.relay.wake()
             log.info("training job succeeded", job_id=job.job_id, run_id=job.run_id, metrics=metrics)
 
@@ -465,6 +602,10 @@ class JobExecutor:
             except TimeoutError:
                 proc.kill()
                 raise RuntimeError(f"training exceeded {self.settings.job_timeout_s:.0f}s") from None
+            except asyncio.CancelledError:  # the trainer is shutting down: its run goes with it
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                raise
             finally:
                 heartbeat.cancel()
                 self._current = None

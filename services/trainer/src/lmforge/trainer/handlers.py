@@ -48,8 +48,10 @@ class TrainingRequestHandler:
                     dataset_version=req.dataset_version,
                     base_model=req.base_model,
                     dataset_manifest_uri=req.dataset_manifest_uri,
-                    hyperparameters=req.hyperparameters.model_dump(),
-                    state=JobState.QUEUED,
+                    hyperparameters=req.hyperparameters.model_dump(mode="json"),
+                    # A search runs no training of its own: it is running while its trials run.
+                    state=JobState.RUNNING if req.search else JobState.QUEUED,
+                    search=req.search.model_dump(mode="json") if req.search else None,
                     step=0,
                     metrics={},
                     traceparent=traceparent,

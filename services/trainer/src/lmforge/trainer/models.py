@@ -34,6 +34,11 @@ training_jobs = Table(
     Column("lease_expires_at", DateTime(timezone=True), nullable=True),
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("checkpoint_step", Integer, nullable=True),
+    # Hyperparameter search: the search job keeps its spec; each trial is a job of its own that
+    # names its search and its number (docs/training.md, "Hyperparameter search").
+    Column("search", JSON, nullable=True),
+    Column("parent_job_id", String(64), nullable=True, index=True),
+    Column("trial", Integer, nullable=True),
     # The request's trace context: the job's work continues that trace after a restart too.
     Column("traceparent", String(64), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),

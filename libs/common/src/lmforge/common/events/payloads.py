@@ -11,9 +11,9 @@ import hashlib
 import math
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from ..names import NAME_PATTERN, NO_NUL_PATTERN
 
@@ -233,6 +233,46 @@ class Hyperparameters(BaseModel):
     eval_max_new_tokens: int = Field(default=48, ge=1, le=1024)
 
 
+class SearchParameter(BaseModel):
+    """One hyperparameter's search space: a list of ``values``, or a ``low``..``high`` range."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    values: list[float | int | str | bool] | None = Field(default=None, min_length=1, max_length=100)
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+
+    @model_validator(mode="after")
+    def _one_space(self) -> SearchParameter:
+        ranged = self.low is not None or self.high is not None
+        if (self.values is None) == (not ranged):
+            raise ValueError("give either values or a low..high range")
+        if ranged and (self.low is None or self.high is None or self.high < self.low):
+            raise ValueError("a range needs low <= high")
+        if self.log and ranged and (self.low or 0) <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+class SearchSpec(BaseModel):
+    """A hyperparameter search: ``trials`` training runs of the job's recipe, each with the
+    parameters a sampler picks (``grid``, ``random`` or Optuna's ``tpe``); the best trial by
+    ``metric`` becomes the model version (``docs/training.md``, "Hyperparameter search")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Literal["grid", "random", "tpe"] = "random"
+    parameters: dict[Annotated[str, Field(pattern=r"^[a-z_]+(\.[a-z_]+)?$")], SearchParameter] = Field(
+        min_length=1, max_length=20, description="Hyperparameter names (lora.r for nested ones) and their spaces."
+    )
+    trials: int = Field(default=8, ge=1, le=100)
+    metric: str = Field(default="val_loss", min_length=1, max_length=100)
+    direction: Literal["min", "max"] = "min"
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+
+
 class TrainingRequestedV1(EventPayload):
     event_type: ClassVar[str] = "lmforge.training.requested.v1"
 
@@ -243,6 +283,7 @@ class TrainingRequestedV1(EventPayload):
     dataset_manifest_uri: str
     base_model: str = "builtin:tiny-gpt2"
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    search: SearchSpec | None = None
     requested_by: str | None = None
 
 
