@@ -272,7 +272,7 @@ async def test_int8_precision_on_a_llama_model(
         # 2 layers x (q, k, v, o, gate, up, down) + the LM head.
         assert linears == 15
         log = triton.log_path.read_text(errors="replace")
-        assert "lmforge runtime rt-llama-int8-v1:" in log
+        assert "lmforge runtime rt-llama-int8-v1: on cpu (1 threads)" in log  # cpu_threads' default
         assert "precision int8 (float32), int8 dynamic quantization of 15 nn.Linear layers" in log
     finally:
         served.close()
@@ -282,7 +282,7 @@ async def test_int8_precision_on_a_llama_model(
 
 
 def test_config_declares_the_contract_and_remove_deletes_the_folder(tmp_path: Path) -> None:
-    text = config_pbtxt("m-v1", InferenceSettings(precision="bf16"))
+    text = config_pbtxt("m-v1", InferenceSettings(precision="bf16", cpu_threads=3))
     assert "model_transaction_policy { decoupled: true }" in text
     assert "dynamic_batching { max_queue_delay_microseconds: 2000 }" in text
     for line in (
@@ -293,6 +293,7 @@ def test_config_declares_the_contract_and_remove_deletes_the_folder(tmp_path: Pa
         '{ name: "FINISH_REASON", data_type: TYPE_STRING, dims: [ 1 ] }',
         '{ name: "BATCH_SIZE", data_type: TYPE_INT32, dims: [ 1 ] }',
         'parameters { key: "precision" value: { string_value: "bf16" } }',
+        'parameters { key: "cpu_threads" value: { string_value: "3" } }',
     ):
         assert line in text
     repository = ModelRepository(

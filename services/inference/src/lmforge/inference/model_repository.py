@@ -56,7 +56,7 @@ def _tensors(specs: tuple[tuple[str, str], ...]) -> str:
 
 def config_pbtxt(name: str, settings: InferenceSettings) -> str:
     """Decoupled (responses streamed through a response sender), dynamically batched, with the
-    weights' precision as a model parameter the runtime reads at load."""
+    weights' precision and the CPU threads per instance as parameters the runtime reads at load."""
     return (
         f'name: "{name}"\n'
         'backend: "python"\n'
@@ -67,6 +67,7 @@ def config_pbtxt(name: str, settings: InferenceSettings) -> str:
         f"dynamic_batching {{ max_queue_delay_microseconds: {settings.batch_delay_us} }}\n"
         f"instance_group [ {{ kind: {INSTANCE_KINDS[settings.instance_kind]}, count: 1 }} ]\n"
         f'parameters {{ key: "precision" value: {{ string_value: "{settings.precision}" }} }}\n'
+        f'parameters {{ key: "cpu_threads" value: {{ string_value: "{settings.cpu_threads}" }} }}\n'
     )
 
 

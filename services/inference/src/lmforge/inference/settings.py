@@ -28,6 +28,11 @@ class InferenceSettings(ServiceSettings):
     # Weights precision in the runtime (config.pbtxt parameter): "auto" is fp32 on the CPU and bf16
     # on a GPU that supports it; "int8" is dynamic quantization of nn.Linear layers (CPU only).
     precision: Literal["auto", "fp32", "int8", "fp16", "bf16"] = "auto"
+    # torch intra-op threads per model instance on the CPU (config.pbtxt parameter; 0: torch's
+    # default, one per core). 1 by default: instances of several models share the CPU, and their
+    # OpenMP threads spinning against each other cut batched throughput 30x on 2 cores
+    # (docs/serving.md). Raise it for one large model on a machine of its own.
+    cpu_threads: int = Field(default=1, ge=0, le=256)
     max_batch_size: int = 8
     batch_delay_us: int = 2000
     reconcile_interval_s: float = 30.0

@@ -496,15 +496,20 @@ class _Open:
 class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
         config = json.loads(args["model_config"])
-        precision = config.get("parameters", {}).get("precision", {}).get("string_value", "auto") or "auto"
+        parameters = config.get("parameters", {})
+        precision = parameters.get("precision", {}).get("string_value", "auto") or "auto"
+        threads = int(parameters.get("cpu_threads", {}).get("string_value", "0") or 0)
         weights = Path(args["model_repository"]) / args["model_version"] / "weights"
         gpu = args.get("model_instance_kind") == "GPU" and torch.cuda.is_available()
+        if threads > 0:
+            torch.set_num_threads(threads)  # intra-op threads of this instance (one stub process)
         device = torch.device(f"cuda:{args.get('model_instance_device_id', '0')}" if gpu else "cpu")
         self.runtime = ModelRuntime.load(weights, device, precision)
         self.name = args.get("model_name", "")
         report = self.runtime.load_report
         pb_utils.Logger.log_info(
-            f"lmforge runtime {self.name}: on {device}, context {self.runtime.context_length}, "
+            f"lmforge runtime {self.name}: on {device} ({torch.get_num_threads()} threads), "
+            f"context {self.runtime.context_length}, "
             f"chat template {'yes' if self.runtime.chat_template else 'default'}, "
             f"{report.describe() if report else ''}"
         )
