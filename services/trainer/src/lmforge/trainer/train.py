@@ -558,7 +558,7 @@ def train(spec: dict[str, Any], *, on_trainer: Callable[[Any], None] | None = No
             metrics[f"skipped_{split}_{reason}"] = float(n)
 
     trained = trainer.model
-    summary, report = evaluate(spec, hp, manifest, trainer, tok, data, records, labels)
+    summary, report = evaluate(spec, hp, manifest, trainer, tok, data, records)
     metrics.update({k: v for k, v in summary["metrics"].items() if isinstance(v, float | int)})
     report["metrics"] = metrics
     report["history"] = [{k: v for k, v in h.items() if isinstance(v, int | float)} for h in trainer.state.log_history]
@@ -587,7 +587,6 @@ def evaluate(
     tok: Any,
     data: dict[str, SplitData],
     records: dict[str, list[Any]],
-    labels: list[str],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The trained model on the test split (the validation split when a version has no test
     records): the summary for the event and the job, and the report's body."""
