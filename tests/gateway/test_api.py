@@ -151,8 +151,18 @@ async def test_an_escaped_slash_in_a_name_matches_no_route(gateway: httpx.AsyncC
         ),
         (
             "/v1/training-jobs",
+            {"model_name": "m", "dataset": "t", "dataset_version": 1, "base_model": "model:m@../x"},
+            "base_model",
+        ),
+        (
+            "/v1/training-jobs",
             {"model_name": "m", "dataset": "t", "dataset_version": 1, "hyperparameters": {"seed": 2**64}},
             "hyperparameters.seed",
+        ),
+        (
+            "/v1/training-jobs",
+            {"model_name": "m", "dataset": "t", "dataset_version": 1, "search": {"parameters": {}, "trials": 0}},
+            "search.parameters",
         ),
         ("/v1/datasets/t/versions", {"sources": ["CRM"]}, "sources.0"),
         ("/v1/api-keys", {"name": "a\x00b", "scopes": []}, "name"),
@@ -212,7 +222,8 @@ def test_the_route_table_is_what_the_tests_cover() -> None:
         assert found[route] == Scope.COMPLETIONS
     for route in ("GET /v1/api-keys", "DELETE /v1/api-keys/{key_id}", "POST /v1/api-keys/{key_id}/rotate"):
         assert found[route] == Scope.ADMIN
-    assert len(found) == 18
+    assert found["GET /v1/training-jobs/{job_id}/metrics"] == Scope.TRAINING_READ
+    assert len(found) == 19
 
 
 async def test_a_405_names_every_method_of_its_path(gateway: httpx.AsyncClient) -> None:

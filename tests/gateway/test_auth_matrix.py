@@ -131,6 +131,7 @@ def examples(w: World) -> dict[str, tuple[dict[str, str], dict[str, Any]]]:
         "GET /v1/pipeline/stats": ({}, {}),
         "GET /v1/datasets/{name}/versions/{version}": ({"name": DATASET, "version": str(w.dataset_version)}, {}),
         "GET /v1/training-jobs/{job_id}": ({"job_id": w.job_id}, {}),
+        "GET /v1/training-jobs/{job_id}/metrics": ({"job_id": w.job_id}, {}),
         "GET /v1/registry/models": ({}, {}),
         "GET /v1/models": ({}, {}),
         "GET /v1/models/{model}": ({"model": f"{MODEL}@v{w.model_version}"}, {}),

@@ -37,6 +37,7 @@ from .schemas import (
     DatasetVersionRequest,
     IngestResponse,
     Lineage,
+    MetricHistory,
     Model,
     PipelineStats,
     TrainingJob,
@@ -141,7 +142,15 @@ async def pipeline_stats(request: Request, who: Annotated[Principal, Depends(req
 async def create_training_job(
     request: Request, body: TrainingJobRequest, who: Annotated[Principal, Depends(require(Scope.TRAINING_WRITE))]
 ) -> TrainingJobAccepted:
-    """Check the dataset version exists, then publish the request; ``202`` after the broker's ack."""
+    """Check the dataset version exists, then publish the request; ``202`` after the broker's ack.
+
+    With ``search``, the trainer runs a hyperparameter search: its trials are jobs of their own
+    (``parent_job_id`` names this one). A search that every trial would fail on (a name that is no
+    hyperparameter, a value the recipe refuses, a range with ``low`` above ``high``...) is
+    ``422 invalid_search``, once the dataset version is known to exist.
+    ``base_model`` may name a registered version (``model:<name>@production``, ``@v3``): the
+    trainer resolves it when the job runs, and a job naming none that exists fails.
+    """
     versions = await _downstream(request).json(
         "preprocess", "GET", url_path("datasets", body.dataset, "versions"), principal=who.forwarded()
     )
@@ -154,6 +163,10 @@ async def create_training_job(
                 "message": f"dataset {body.dataset} has no version {body.dataset_version}",
             },
         )
+    try:
+        search = body.search.spec() if body.search is not None else None
+    except ValueError as exc:
+        raise HTTPException(422, {"code": "invalid_search", "message": f"search.{exc}", "param": "search"}) from exc
     job_id = f"job-{uuid.uuid4().hex[:12]}"
     producer: EventProducer = request.app.state.runtime.producer
     await producer.publish(
@@ -166,6 +179,7 @@ async def create_training_job(
             dataset_manifest_uri=match["manifest_uri"],
             base_model=body.base_model,
             hyperparameters=body.hyperparameters,
+            search=search,
             requested_by=who.name,
         ),
         key=body.model_name,
@@ -173,17 +187,40 @@ async def create_training_job(
     return TrainingJobAccepted(job_id=job_id, state="requested", status_url=f"/v1/training-jobs/{job_id}")
 
 
+def _public_evaluation(evaluation: Any) -> dict[str, Any] | None:
+    """An evaluation summary without the report's location in the artifact store."""
+    if not isinstance(evaluation, dict):
+        return None
+    return {k: v for k, v in evaluation.items() if k != "report_uri"}
+
+
 def _public_job(job: dict[str, Any]) -> dict[str, Any]:
-    return job | {"error": public_text(job.get("error"))}
+    return job | {"error": public_text(job.get("error")), "evaluation": _public_evaluation(job.get("evaluation"))}
 
 
 @router.get("/training-jobs/{job_id}", response_model=TrainingJob, responses=error_responses(404) | DOWNSTREAM)
 async def get_training_job(
     request: Request, job_id: JobId, who: Annotated[Principal, Depends(require(Scope.TRAINING_READ))]
 ) -> Any:
-    """Job state, step and metrics (``404`` until the trainer has taken the request in)."""
+    """Job state, step, metrics and evaluation (``404`` until the trainer has taken the request in).
+
+    A search job carries its spec in ``search``; each trial is a job with ``parent_job_id``,
+    ``trial`` (its number) and, in ``search``, the values it tries."""
     job = await _downstream(request).json("trainer", "GET", url_path("jobs", job_id), principal=who.forwarded())
     return _public_job(job)
+
+
+@router.get(
+    "/training-jobs/{job_id}/metrics", response_model=MetricHistory, responses=error_responses(404) | DOWNSTREAM
+)
+async def get_training_metrics(
+    request: Request, job_id: JobId, who: Annotated[Principal, Depends(require(Scope.TRAINING_READ))]
+) -> Any:
+    """The job's metric history, in order, for curves: every progress line (training loss, learning
+    rate, gradient norm, ...) and the validation loss and perplexity at each evaluation."""
+    return await _downstream(request).json(
+        "trainer", "GET", url_path("jobs", job_id, "metrics"), principal=who.forwarded()
+    )
 
 
 @router.post(
@@ -203,7 +240,7 @@ def _public_version(version: dict[str, Any]) -> dict[str, Any]:
     deployment = dict(version.get("deployment") or {})
     if deployment.get("error"):
         deployment["error"] = public_text(deployment["error"])
-    return version | {"deployment": deployment}
+    return version | {"deployment": deployment, "evaluation": _public_evaluation(version.get("evaluation"))}
 
 
 @router.get("/registry/models", response_model=list[Model], responses=DOWNSTREAM)

@@ -12,11 +12,12 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-from lmforge.common.events import DeploymentState, Hyperparameters, JobState
+from lmforge.common.events import DeploymentState, Hyperparameters, JobState, LoraSettings, SearchSpec
 from lmforge.common.names import (
+    ALIAS_PATTERN,
     API_KEY_ID_PATTERN,
     NAME_BODY,
     NO_NUL_PATTERN,
@@ -35,8 +36,10 @@ MAX_COMPLETION_TOKENS = 256
 MAX_PROMPTS = 16
 MAX_PROMPT_CHARS = 20_000
 
-# A base model a client may name: a built-in one. Trainer-side folders are not the client's to name.
-BASE_MODEL_PATTERN = rf"^builtin:{NAME_BODY}$"
+# A base model a client may name: a built-in one, or a registered version (``model:<name>@<alias>``
+# or ``model:<name>@v<N>``, continual fine-tuning). Trainer-side folders are not the client's to name.
+_ALIAS_BODY = ALIAS_PATTERN.removeprefix("^").removesuffix("$")
+BASE_MODEL_PATTERN = rf"^(builtin:{NAME_BODY}|model:{NAME_BODY}@{_ALIAS_BODY})$"
 
 Prompt = Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
 
@@ -122,18 +125,147 @@ class PipelineStats(BaseModel):
 # --- training --------------------------------------------------------------------------------
 
 
+# Bounds of a search's values: exact integers in every JSON client, finite floats.
+MAX_SEARCH_INT = 2**53 - 1
+MAX_SEARCH_FLOAT = 1e15
+SearchFloat = Annotated[float, Field(ge=-MAX_SEARCH_FLOAT, le=MAX_SEARCH_FLOAT, allow_inf_nan=False)]
+SearchValue = (
+    bool
+    | Annotated[int, Field(ge=-MAX_SEARCH_INT, le=MAX_SEARCH_INT)]
+    | SearchFloat
+    | Annotated[str, Field(max_length=200, pattern=NO_NUL_PATTERN)]
+)
+# What a search may vary: a field of the recipe, or ``lora.<field>``.
+SEARCHABLE = frozenset(Hyperparameters.model_fields) - {"lora"} | {f"lora.{f}" for f in LoraSettings.model_fields}
+
+
+class SearchValues(StrictBody):
+    """A list of values to try (``grid`` tries every combination)."""
+
+    values: Annotated[list[SearchValue], Field(min_length=1, max_length=100)]
+
+
+class SearchRange(StrictBody):
+    """A range to draw from (not for ``grid``): ``low`` at most ``high``; ``log`` (a log scale)
+    needs ``low`` above 0 (at least 1 for integers); a whole-number field needs ``integer``."""
+
+    low: SearchFloat
+    high: SearchFloat
+    log: bool = Field(default=False, description="Draw on a log scale (low above 0, at least 1 for integers).")
+    integer: bool = Field(default=False, description="Whole numbers only (needed for whole-number fields).")
+
+
+class TrainingSearch(StrictBody):
+    """A hyperparameter search (``docs/training.md``, "Hyperparameter search"): ``trials`` training
+    runs of the request's recipe, each with the values a sampler picks; the best trial by ``metric``
+    becomes the model version. What the schema cannot say is checked once the dataset version is
+    known to exist (422 ``invalid_search``): a name that is no field of the recipe, a value or a
+    range's end the recipe refuses, a range with ``low`` above ``high``, a log range from 0, a
+    range in a ``grid`` search, a fractional range for a whole-number field."""
+
+    method: Literal["grid", "random", "tpe"] = "random"
+    parameters: dict[
+        Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,40}(\.[a-z_]{1,40})?$")], SearchValues | SearchRange
+    ] = Field(
+        min_length=1,
+        max_length=20,
+        description="Recipe fields (`lora.r` for a nested one) and their spaces: `values`, or `low`..`high`.",
+        json_schema_extra={"additionalProperties": False},  # a name off the pattern is refused
+        examples=[{"learning_rate": {"low": 1e-5, "high": 1e-2, "log": True}, "lora.r": {"values": [8, 16, 32]}}],
+    )
+    trials: int = Field(default=8, ge=1, le=100)
+    metric: str = Field(
+        default="val_loss",
+        pattern=r"^[a-z][a-z0-9_]{0,99}$",
+        description="The job metric that ranks the trials: a validation one (`val_loss`), not a test one.",
+    )
+    direction: Literal["min", "max"] = "min"
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+
+    def spec(self) -> SearchSpec:
+        """The trainer's search spec; ``ValueError`` (naming the parameter) for what every trial of
+        the search, or the search itself, would fail on."""
+        unknown = sorted(name for name in self.parameters if name not in SEARCHABLE)
+        if unknown:
+            raise ValueError(f"parameters: not a hyperparameter: {', '.join(unknown[:5])}")
+        for name, space in self.parameters.items():
+            if isinstance(space, SearchValues):
+                tried = list(space.values)
+            else:
+                if self.method == "grid":
+                    raise ValueError(f"parameters.{name}: a grid search needs a list of values")
+                if space.high < space.low:
+                    raise ValueError(f"parameters.{name}: a range needs low <= high")
+                if space.log and (space.low < 1 if space.integer else space.low <= 0):
+                    raise ValueError(f"parameters.{name}: a log range needs low > 0 (>= 1 for integers)")
+                if not space.integer and _recipe_field(name).annotation is int:
+                    raise ValueError(f"parameters.{name}: takes whole numbers (integer: true)")
+                tried = [round(space.low), round(space.high)] if space.integer else [space.low, space.high]
+            for value in tried:
+                _check_value(name, value)
+        return SearchSpec.model_validate(self.model_dump())
+
+
+def _recipe_field(name: str) -> Any:
+    head, _, nested = name.partition(".")
+    return LoraSettings.model_fields[nested] if nested else Hyperparameters.model_fields[head]
+
+
+def _check_value(name: str, value: Any) -> None:
+    """A recipe with ``value`` for ``name`` is valid, or ``ValueError`` says why not."""
+    head, _, nested = name.partition(".")
+    try:
+        Hyperparameters.model_validate({head: {nested: value}} if nested else {head: value})
+    except ValidationError as exc:
+        reason = exc.errors()[0]["msg"]
+        raise ValueError(f"parameters.{name}: {json.dumps(value)[:40]} is refused: {reason}") from None
+
+
 class TrainingJobRequest(StrictBody):
     model_name: ModelName
     dataset: DatasetName
     dataset_version: VersionNumber
-    base_model: str = Field(default="builtin:tiny-gpt2", pattern=BASE_MODEL_PATTERN)
+    base_model: str = Field(
+        default="builtin:tiny-gpt2",
+        pattern=BASE_MODEL_PATTERN,
+        description=(
+            "`builtin:<name>` (`tiny-gpt2`, `smollm2-135m-instruct`, `all-minilm-l6-v2`), or a registered "
+            "version to fine-tune further: `model:<name>@<alias>` or `model:<name>@v<version>`."
+        ),
+        examples=["builtin:smollm2-135m-instruct", "model:support-assistant@production"],
+    )
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    search: TrainingSearch | None = Field(
+        default=None, description="Run a hyperparameter search instead of one training (`docs/training.md`)."
+    )
 
 
 class TrainingJobAccepted(BaseModel):
     job_id: JobId
     state: Literal["requested"]
     status_url: str
+
+
+class BaselineEvaluation(BaseModel):
+    """The version the alias (``production``) pointed at when the run started, measured by the same
+    run on the same records: what the gate compares with."""
+
+    alias: str
+    version: int
+    tokenizer: str
+    metrics: dict[str, float]
+
+
+class Evaluation(BaseModel):
+    """The trained model measured once, after training, on its dataset version's test split (or
+    ``val`` when it has no test records)."""
+
+    split: str
+    eval_set: str = Field(description="A fingerprint of the evaluated records: equal means the same examples.")
+    tokenizer: str = Field(description="A fingerprint of the tokenizer: per-token metrics compare only under one.")
+    records: int
+    metrics: dict[str, float]
+    baseline: BaselineEvaluation | None = None
 
 
 class TrainingJob(BaseModel):
@@ -147,9 +279,28 @@ class TrainingJob(BaseModel):
     state: JobState
     step: int
     metrics: dict[str, float]
+    evaluation: Evaluation | None = Field(default=None, description="Set once the job has succeeded.")
     error: str | None = Field(default=None, description="Why the job failed, in one line.")
+    search: dict[str, Any] | None = Field(
+        default=None, description="A search job: its spec. A trial: the values it tries."
+    )
+    parent_job_id: str | None = Field(default=None, description="A trial's search job.")
+    trial: int | None = Field(default=None, description="A trial's number in its search, from 0.")
     created_at: datetime
     updated_at: datetime
+
+
+class MetricPoint(BaseModel):
+    step: int
+    metrics: dict[str, float]
+    at: datetime
+
+
+class MetricHistory(BaseModel):
+    job_id: str
+    history: list[MetricPoint] = Field(
+        description="Every progress line in order: training loss, learning rate, validation loss at evaluations..."
+    )
 
 
 class TrainingJobCancelled(BaseModel):
@@ -161,11 +312,24 @@ class TrainingJobCancelled(BaseModel):
 
 
 class GateResult(BaseModel):
+    """The promotion gate's verdict (``docs/training.md``, "The gate"); versions registered before a
+    field existed leave it empty."""
+
     passed: bool
     reasons: list[str]
-    ceiling: float | None = None
-    compared_to: int | None = None
-    compared_perplexity: float | None = None
+    metric: str | None = Field(default=None, description="The metric the model's gate rule compares.")
+    direction: Literal["min", "max"] | None = Field(default=None, description="Which way is better.")
+    threshold: float | None = Field(default=None, description="The value must be at least (max) or at most (min) this.")
+    min_gain: float | None = Field(default=None, description="How much better than the compared version it must be.")
+    value: float | None = Field(default=None, description="This version's value of the metric.")
+    eval_set: str | None = Field(default=None, description="What the value was measured on.")
+    compared_to: int | None = Field(default=None, description="The version the alias pointed at.")
+    compared_value: float | None = Field(default=None, description="That version's value, like with like.")
+    compared_on: str | None = Field(default=None, description="Where that value comes from.")
+    ceiling: float | None = Field(default=None, description="`threshold` of a `min` rule (older field).")
+    compared_perplexity: float | None = Field(
+        default=None, description="`compared_value` for val_perplexity (older field)."
+    )
 
 
 class Deployment(BaseModel):
@@ -184,6 +348,7 @@ class ModelVersion(BaseModel):
     run_id: str
     job_id: str
     metrics: dict[str, float]
+    evaluation: Evaluation | None = None
     gate: GateResult
     deployment: Deployment
     created_at: datetime
