@@ -30,9 +30,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from lmforge.devstack.model_seed import save_small_gpt2
 from lmforge.inference.triton_model import ModelRuntime
 
 PROMPTS = [
@@ -54,18 +54,7 @@ def base_folder(tmp: Path) -> tuple[str, Path, list[str]]:
         return "SmolLM2-135M-Instruct", smollm2_dir(Path("var/model-cache")), ["q_proj", "k_proj", "v_proj", "o_proj"]
     except Exception as exc:  # noqa: BLE001 - no SmolLM2 here: the builtin-shape GPT-2 instead
         print(f"SmolLM2 unavailable ({type(exc).__name__}: {exc}); using a builtin-shape GPT-2")
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    eos = "<|endoftext|>"
-    bpe.train_from_iterator(
-        PROMPTS * 5,
-        trainers.BpeTrainer(vocab_size=600, special_tokens=[eos], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
-    )
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=eos, bos_token=eos, pad_token=eos)
-    config = GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=64, n_layer=2, n_head=2)
-    GPT2LMHeadModel(config).save_pretrained(tmp / "base")
-    tok.save_pretrained(tmp / "base")
+    save_small_gpt2(tmp / "base", PROMPTS * 5)
     return "GPT-2 builtin shape (2 layers, n_embd 64)", tmp / "base", ["c_attn"]
 
 

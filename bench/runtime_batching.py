@@ -20,15 +20,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from lmforge.devstack.model_seed import save_small_gpt2
 from lmforge.inference.triton_model import GenerationRequest, ModelRuntime
 
 QUESTIONS = [
@@ -52,26 +52,9 @@ QUESTIONS = [
 
 
 def tiny_runtime() -> ModelRuntime:
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    eos = "<|endoftext|>"
-    bpe.train_from_iterator(
-        QUESTIONS * 5,
-        trainers.BpeTrainer(vocab_size=600, special_tokens=[eos], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
-    )
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=eos, bos_token=eos, pad_token=eos)
-    torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=len(tok),
-        n_positions=256,
-        n_embd=64,
-        n_layer=2,
-        n_head=2,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=tok.eos_token_id,
-    )
-    return ModelRuntime(GPT2LMHeadModel(config).eval(), tok)
+    """The builtin model's shape (2 layers, n_embd 64, random weights), BPE trained on the questions."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return ModelRuntime.load(save_small_gpt2(Path(tmp), QUESTIONS * 5))
 
 
 def smollm2_runtime() -> ModelRuntime | None:

@@ -7,8 +7,7 @@ import tempfile
 from pathlib import Path
 
 from sqlalchemy import select
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from lmforge.common.artifacts import ArtifactStore
 from lmforge.common.db import Database, OutboxRelay
@@ -22,28 +21,16 @@ from lmforge.inference.reconciler import Reconciler
 from lmforge.inference.settings import InferenceSettings
 from lmforge.inference.triton import GenerationRequest, TritonModels
 
+from .runtime_helpers import build_tokenizer
+
 
 def grpc_url(triton: TritonServer) -> str:
     return f"127.0.0.1:{triton.grpc_port}"
 
 
-def tiny_tokenizer(texts: list[str], vocab_size: int = 300) -> PreTrainedTokenizerFast:
-    """A byte-level BPE (GPT-2's scheme) trained on ``texts``, with an EOS and a pad token."""
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|endoftext|>", "<|pad|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    bpe.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|pad|>")
-
-
 def save_tiny_model(store: ArtifactStore, key: str) -> str:
     """A one-layer GPT-2 with random weights and a 32-token context (deploys in seconds)."""
-    tok = tiny_tokenizer(["Customer: hello Agent: hi there"] * 20)
+    tok = build_tokenizer(["Customer: hello Agent: hi there"] * 20, vocab_size=300)
     config = GPT2Config(
         vocab_size=len(tok),
         n_positions=32,
