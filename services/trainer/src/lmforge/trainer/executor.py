@@ -67,6 +67,38 @@ def _link_to(traceparent: str | None) -> list[Link]:
     return [Link(ctx, {"lmforge.link": "dataset_version"})] if ctx.is_valid else []
 
 
+async def _announce_model(
+    session: Any,
+    job: Any,
+    *,
+    artifact_uri: str,
+    manifest_uri: str,
+    hyperparameters: Any,
+    metrics: dict[str, float],
+    evaluation: EvaluationSummary | None,
+) -> None:
+    """``model-ready`` for a finished job (or a search, with its best trial's model), in the
+    transaction that records the job's success."""
+    await outbox.add(
+        session,
+        Topic.MODEL_READY,
+        ModelReadyV1(
+            model_name=job.model_name,
+            run_id=job.run_id,
+            job_id=job.job_id,
+            artifact_uri=artifact_uri,
+            base_model=job.base_model,
+            dataset=job.dataset,
+            dataset_version=job.dataset_version,
+            dataset_manifest_uri=manifest_uri,
+            hyperparameters=Hyperparameters.model_validate(hyperparameters),
+            metrics=metrics,
+            evaluation=evaluation,
+        ),
+        key=job.model_name,
+    )
+
+
 class JobExecutor:
     def __init__(self, settings: TrainerSettings, db: Database, artifacts: ArtifactStore, relay: OutboxRelay) -> None:
         self.settings = settings
@@ -227,23 +259,14 @@ class JobExecutor:
             if not ended:
                 return  # another replica ended it
             await self._status(session, parent, JobState.SUCCEEDED, metrics=metrics)
-            await outbox.add(
+            await _announce_model(
                 session,
-                Topic.MODEL_READY,
-                ModelReadyV1(
-                    model_name=parent.model_name,
-                    run_id=parent.run_id,
-                    job_id=parent.job_id,
-                    artifact_uri=winner.artifact_uri,
-                    base_model=parent.base_model,
-                    dataset=parent.dataset,
-                    dataset_version=parent.dataset_version,
-                    dataset_manifest_uri=parent.dataset_manifest_uri,
-                    hyperparameters=Hyperparameters.model_validate(winner.hyperparameters),
-                    metrics=metrics,
-                    evaluation=EvaluationSummary.model_validate(winner.evaluation) if winner.evaluation else None,
-                ),
-                key=parent.model_name,
+                parent,
+                artifact_uri=winner.artifact_uri,
+                manifest_uri=parent.dataset_manifest_uri,
+                hyperparameters=winner.hyperparameters,
+                metrics=metrics,
+                evaluation=EvaluationSummary.model_validate(winner.evaluation) if winner.evaluation else None,
             )
         self.relay.wake()
         log.info("search ended", job_id=parent.job_id, best_trial=winner.trial, metric=spec.metric)
@@ -404,23 +427,14 @@ class JobExecutor:
                     return
                 await self._status(session, job, JobState.SUCCEEDED, metrics=metrics)
                 if job.parent_job_id is None:  # a search's trials are candidates: the search publishes its best
-                    await outbox.add(
+                    await _announce_model(
                         session,
-                        Topic.MODEL_READY,
-                        ModelReadyV1(
-                            model_name=job.model_name,
-                            run_id=job.run_id,
-                            job_id=job.job_id,
-                            artifact_uri=result["artifact_uri"],
-                            base_model=job.base_model,
-                            dataset=job.dataset,
-                            dataset_version=job.dataset_version,
-                            dataset_manifest_uri=manifest_uri,
-                            hyperparameters=Hyperparameters.model_validate(hp),
-                            metrics=metrics,
-                            evaluation=evaluation,
-                        ),
-                        key=job.model_name,
+                        job,
+                        artifact_uri=result["artifact_uri"],
+                        manifest_uri=manifest_uri,
+                        hyperparameters=hp,
+                        metrics=metrics,
+                        evaluation=evaluation,
                     )
             self.relay.wake()
             log.info("training job succeeded", job_id=job.job_id, run_id=job.run_id, metrics=metrics)
