@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -34,8 +35,38 @@ class ServerError(RuntimeError):
     """A local server failed to start; the message carries the tail of its log."""
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands to outgoing connections (Linux: 32768 by default)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A port that is free now, chosen below the kernel's ephemeral range.
+
+    A server is started some seconds after its port is chosen. A port from the ephemeral range
+    (what binding port 0 returns) can be taken in between by any outgoing connection, to the
+    broker or a database, and the server then fails with "address already in use". Below that
+    range only another listener can take it; ports handed out by this process are not reused.
+    """
+    low = max(_ephemeral_low(), 11000)
+    for _ in range(200):
+        port = random.randrange(10000, low)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # a crowded range: the kernel's pick
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
