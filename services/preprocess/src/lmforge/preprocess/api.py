@@ -45,6 +45,15 @@ class ManifestRecord(BaseModel):
     sensitivity: Literal["none", "low", "high"] | None = Field(
         default=None, description="The highest sensitivity of the personal data masked in it (newer versions)."
     )
+    recipe: str | None = Field(
+        default=None, description="The hash of the recipe that cleaned it (null: cleaned before recipes)."
+    )
+
+
+class RecipeReference(BaseModel):
+    name: str
+    version: int
+    hash: str = Field(description="SHA-256 of the recipe's canonical JSON: the manifest's config_hash.")
 
 
 class DatasetManifest(BaseModel):
@@ -56,7 +65,8 @@ class DatasetManifest(BaseModel):
     version: int
     created_at: datetime
     config_hash: str
-    pipeline_config: dict[str, Any]
+    recipe: RecipeReference | None = Field(default=None, description="The recipe of the service (newer versions).")
+    pipeline_config: dict[str, Any] = Field(description="The recipe's definition (older versions: the fixed steps).")
     record_count: int
     split_counts: dict[str, int]
     sources: list[str]
@@ -77,11 +87,16 @@ class DroppedRecord(BaseModel):
 
     raw_event_id: str
     record_id: str
-    reason: str = Field(description="duplicate, near_duplicate or empty")
+    reason: str = Field(
+        description="duplicate, near_duplicate, empty, or the name of the recipe filter that dropped it."
+    )
     duplicate_of: str | None = Field(description="The kept record this one duplicates.")
     operator: str | None = Field(description="The operator that dropped it (null for rows older than the field).")
     measured: float | None = Field(description="What the operator measured: the similarity for (near-)duplicates.")
     threshold: float | None = Field(description="The threshold the measured value was held to.")
+    recipe_hash: str | None = Field(
+        default=None, description="The recipe it was held to (null for rows older than the field)."
+    )
     created_at: datetime
 
 

@@ -1,42 +1,34 @@
-# ruff: noqa: RUF001, RUF003  (full-width CJK punctuation is what this file is about)
-"""The cleaning pipeline: HTML to text, unicode normalisation, whitespace, PII masking, a deterministic split.
+# ruff: noqa: RUF001, RUF002, RUF003  (full-width CJK punctuation is what this file is about)
+"""Cleaning operators: mojibake repair, HTML to text, unicode normalisation, control characters,
+whitespace; and the deterministic split.
 
-Every step is a pure function of the text (or the record id), so the same record always cleans
-the same way; ``PIPELINE_CONFIG`` names the steps and its hash goes into each dataset manifest.
+Each operator is a pure function of the text, so the same record always cleans the same way. A
+recipe (``recipe.py``) names which of them run, in which order and with which parameters.
 """
 
 from __future__ import annotations
 
 import hashlib
 import html
-import json
 import re
 import unicodedata
 from dataclasses import dataclass
 from html.parser import HTMLParser
+from typing import Literal
+
+import ftfy
 
 from lmforge.common.events import Split
 
-from .pii import DEFAULT_MODES, PiiMasker, PiiType, Sensitivity
+from .pii import PiiMasker, Sensitivity
 
 # NFKC folds these to ASCII (，to ,); Chinese prose uses them as its punctuation, so they stay.
 # Everything else is folded: full-width letters, digits, ＠ and － become ASCII, which PII detection needs.
 KEPT_PUNCTUATION = "，：；！？（）～…"
-_KEPT = re.compile(f"([{re.escape(KEPT_PUNCTUATION)}])")
 
-PIPELINE_CONFIG = {
-    "version": 2,
-    "steps": ["strip_html", "normalize_unicode", "collapse_whitespace", "mask_pii"],
-    "normalize_unicode": {"form": "NFKC", "kept": KEPT_PUNCTUATION},
-    "mask_pii": {"types": [t.value for t in PiiType], "modes": {t.value: m.value for t, m in DEFAULT_MODES.items()}},
-    "split": {"train": 8, "val": 1, "test": 1, "by": "sha256(record_id) % 10"},
-    "dedup": "exact, sha256 of cleaned text",
-}
-CONFIG_HASH = hashlib.sha256(json.dumps(PIPELINE_CONFIG, sort_keys=True).encode()).hexdigest()[:16]
-
+NormalForm = Literal["NFC", "NFKC"]
 WHITESPACE = re.compile(r"\s+")
 _BLOCK_TAGS = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "table", "section"}
-DEFAULT_MASKER = PiiMasker()
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,19 +70,69 @@ def strip_html(text: str) -> str:
     return html.unescape("".join(parser.parts))
 
 
-def normalize_unicode(text: str) -> str:
-    """NFKC, except for the full-width punctuation in ``KEPT_PUNCTUATION``."""
-    if not _KEPT.search(text):
-        return unicodedata.normalize("NFKC", text)
-    parts = _KEPT.split(text)  # odd indexes are the kept characters
-    return "".join(p if i % 2 else unicodedata.normalize("NFKC", p) for i, p in enumerate(parts))
+def fix_mojibake(text: str) -> str:
+    """Text that was UTF-8 decoded as Latin-1 or Windows-1252 (``æ‚¨å¥½`` for ``您好``), decoded again.
+
+    Only ftfy's encoding steps (``ftfy.fix_encoding``): no quote uncurling, no width folding (it
+    would turn ``，`` into ``,``), no normalisation; the other operators do those as a recipe says.
+    """
+    return ftfy.fix_encoding(text)
 
 
-def clean_text(text: str, masker: PiiMasker = DEFAULT_MASKER) -> CleanedText:
-    """The cleaned text, what was masked in it, and its sensitivity level."""
-    out = WHITESPACE.sub(" ", normalize_unicode(strip_html(text))).strip()
-    masked = masker.mask(out)
-    return CleanedText(masked.text, masked.counts, masked.sensitivity)
+def normalize_unicode(text: str, form: NormalForm = "NFKC", keep: str = KEPT_PUNCTUATION) -> str:
+    """``form`` (NFKC by default), except for the characters in ``keep``: the full-width
+    punctuation in ``KEPT_PUNCTUATION`` unless told otherwise."""
+    if not keep:
+        return unicodedata.normalize(form, text)
+    kept = _kept_pattern(keep)
+    if not kept.search(text):
+        return unicodedata.normalize(form, text)
+    parts = kept.split(text)  # odd indexes are the kept characters
+    return "".join(p if i % 2 else unicodedata.normalize(form, p) for i, p in enumerate(parts))
+
+
+def _kept_pattern(keep: str) -> re.Pattern[str]:
+    pattern = _KEPT_PATTERNS.get(keep)
+    if pattern is None:
+        pattern = _KEPT_PATTERNS[keep] = re.compile(f"([{re.escape(keep)}])")
+    return pattern
+
+
+_KEPT_PATTERNS: dict[str, re.Pattern[str]] = {}
+
+
+def _control_chars() -> re.Pattern[str]:
+    """Controls (Cc) but tab, line feed and carriage return; format characters (Cf) but the
+    zero-width non-joiner and joiner, which carry meaning (Persian and Indic spelling, emoji
+    sequences); lone surrogates (Cs), which cannot be written as UTF-8."""
+    kept = {"\t", "\n", "\r", "\u200c", "\u200d"}
+    planes = (range(0x20000), range(0xE0000, 0xE0080))  # every Cc, Cf and Cs is in these
+    chars = [
+        chr(c) for r in planes for c in r if unicodedata.category(chr(c)) in ("Cc", "Cf", "Cs") and chr(c) not in kept
+    ]
+    return re.compile("[" + "".join(re.escape(c) if c.isascii() else c for c in chars) + "]+")
+
+
+_CONTROL = _control_chars()
+
+
+def remove_control_chars(text: str) -> str:
+    """Control and invisible format characters removed: NUL, escape, zero-width spaces, byte order
+    marks, soft hyphens, direction marks (tab and line breaks stay for the whitespace operator)."""
+    return _CONTROL.sub("", text)
+
+
+def collapse_whitespace(text: str) -> str:
+    """Every run of whitespace becomes one space; none at either end."""
+    return WHITESPACE.sub(" ", text).strip()
+
+
+def clean_text(text: str, masker: PiiMasker | None = None) -> CleanedText:
+    """The default recipe's text operators (filters left out): the cleaned text, what was masked
+    in it, and its sensitivity level. ``masker`` replaces the recipe's PII step where given."""
+    from .recipe import default_pipeline  # the recipe module builds on the operators here
+
+    return default_pipeline().transform(text, masker)
 
 
 def split_for(record_id: str) -> Split:

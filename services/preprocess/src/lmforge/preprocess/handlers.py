@@ -1,8 +1,9 @@
-"""``raw-data`` -> clean, de-duplicate, mask, split -> ``cleaned-data`` (through the outbox)."""
+"""``raw-data`` -> the recipe (clean, filter, mask), de-duplicate, split -> ``cleaned-data`` (through the outbox)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import cast
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -11,16 +12,17 @@ from lmforge.common.db import Database, OutboxRelay
 from lmforge.common.events import CleanedRecordV1, RawRecordV1, Topic, content_hash
 from lmforge.common.kafka import InboundMessage
 
-from .cleaning import DEFAULT_MASKER, clean_text, split_for
+from .cleaning import split_for
 from .models import DropReason, cleaned_records, dropped_records, inbox, outbox
 from .near_dup import OPERATOR as NEAR_DUP_OPERATOR
 from .near_dup import NearDuplicate, NearDuplicateIndex
-from .pii import PiiMasker
+from .recipe import Pipeline, default_pipeline
 
 
 class RawRecordHandler:
     """One transaction per record: inbox claim, then the record kept or dropped with its reason.
 
+    ``pipeline`` is the recipe that cleans, filters and masks (default: the shipped recipe);
     ``near_dups`` is the near-duplicate index (None: only exact duplicates are dropped).
     """
 
@@ -29,28 +31,36 @@ class RawRecordHandler:
         db: Database,
         group: str,
         relay: OutboxRelay,
-        masker: PiiMasker = DEFAULT_MASKER,
+        pipeline: Pipeline | None = None,
         near_dups: NearDuplicateIndex | None = None,
     ) -> None:
         self.db = db
         self.group = group
         self.relay = relay
-        self.masker = masker
+        self.pipeline = pipeline or default_pipeline()
+        self.recipe_hash = self.pipeline.recipe.hash
         self.near_dups = near_dups
 
     async def __call__(self, msg: InboundMessage) -> None:
         event = msg.event(RawRecordV1)
         raw: RawRecordV1 = event.data
-        cleaned_text = clean_text(raw.text, self.masker)
-        text, masked = cleaned_text.text, cleaned_text.masked
+        outcome = self.pipeline.run(raw.text)
+        text, masked, filtered = outcome.text, outcome.masked, outcome.dropped
         digest = content_hash(text)
-        fingerprint = self.near_dups.fingerprint(text) if self.near_dups is not None and text else None
+        keep = bool(text) and filtered is None
+        fingerprint = self.near_dups.fingerprint(text) if self.near_dups is not None and keep else None
         now = datetime.now(UTC)
         async with self.db.sessions.begin() as session:
             if not await inbox.claim(session, self.group, event.id):
                 return
             if not text:  # measured: characters left after cleaning
-                await _drop(session, event.id, raw.record_id, now, "empty", "clean_text", 0.0, 1.0)
+                await self._drop(session, event.id, raw.record_id, now, "empty", "clean_text", 0.0, 1.0)
+                return
+            if filtered is not None:  # the reason is the filter's name (models.DropReason lists them)
+                reason = cast(DropReason, filtered.operator)
+                await self._drop(
+                    session, event.id, raw.record_id, now, reason, reason, filtered.measured, filtered.threshold
+                )
                 return
             original = (
                 await session.execute(
@@ -58,7 +68,7 @@ class RawRecordHandler:
                 )
             ).scalar_one_or_none()
             if original is not None:
-                await _drop(session, event.id, raw.record_id, now, "duplicate", "exact_dedup", 1.0, 1.0, original)
+                await self._drop(session, event.id, raw.record_id, now, "duplicate", "exact_dedup", 1.0, 1.0, original)
                 return
             checked: set[int] = set()
             if fingerprint is not None:
@@ -86,6 +96,7 @@ class RawRecordHandler:
                     source_offset=msg.offset,
                     created_at=now,
                     minhash=fingerprint.signature if fingerprint is not None else None,
+                    recipe_hash=self.recipe_hash,
                 )
             )
             cleaned_id = int(inserted.scalar_one())
@@ -116,7 +127,7 @@ class RawRecordHandler:
         self, session: AsyncSession, event_id: str, record_id: str, near: NearDuplicate, now: datetime
     ) -> None:
         assert self.near_dups is not None
-        await _drop(
+        await self._drop(
             session,
             event_id,
             record_id,
@@ -128,28 +139,30 @@ class RawRecordHandler:
             near.record_id,
         )
 
-
-async def _drop(
-    session: AsyncSession,
-    event_id: str,
-    record_id: str,
-    now: datetime,
-    reason: DropReason,
-    operator: str,
-    measured: float,
-    threshold: float,
-    duplicate_of: str | None = None,
-) -> None:
-    """Keep a dropped record with its reason: the operator, what it measured, and the threshold."""
-    await session.execute(
-        dropped_records.insert().values(
-            raw_event_id=event_id,
-            record_id=record_id,
-            reason=reason,
-            duplicate_of=duplicate_of,
-            operator=operator,
-            measured=measured,
-            threshold=threshold,
-            created_at=now,
+    async def _drop(
+        self,
+        session: AsyncSession,
+        event_id: str,
+        record_id: str,
+        now: datetime,
+        reason: DropReason,
+        operator: str,
+        measured: float,
+        threshold: float,
+        duplicate_of: str | None = None,
+    ) -> None:
+        """Keep a dropped record with its reason: the operator, what it measured, the threshold,
+        and the recipe that held it to that threshold."""
+        await session.execute(
+            dropped_records.insert().values(
+                raw_event_id=event_id,
+                record_id=record_id,
+                reason=reason,
+                duplicate_of=duplicate_of,
+                operator=operator,
+                measured=measured,
+                threshold=threshold,
+                recipe_hash=self.recipe_hash,
+                created_at=now,
+            )
         )
-    )

@@ -25,9 +25,24 @@ from sqlalchemy import (
 
 from lmforge.common.db import Inbox, Outbox
 
-# Why a raw record did not become a cleaned record (``dropped_records.reason``).
-DropReason = Literal["duplicate", "near_duplicate", "empty"]
+# Why a raw record did not become a cleaned record (``dropped_records.reason``): a duplicate, a
+# near-duplicate, nothing left after cleaning, or the name of the recipe filter that dropped it
+# (``recipe.FILTER_OPERATORS``).
+DropReason = Literal[
+    "duplicate",
+    "near_duplicate",
+    "empty",
+    "char_length",
+    "token_length",
+    "symbol_ratio",
+    "digit_ratio",
+    "repeated_ngrams",
+    "language",
+    "blocklist",
+]
 DROP_REASONS: tuple[DropReason, ...] = get_args(DropReason)
+# Counted in every dataset manifest, zero or not; a filter's reason appears once it has dropped a record.
+ALWAYS_COUNTED: tuple[DropReason, ...] = ("duplicate", "near_duplicate", "empty")
 
 metadata = MetaData()
 inbox = Inbox(metadata)
@@ -56,6 +71,8 @@ cleaned_records = Table(
     # The record's MinHash signature (near_dup.py): uint32 little-endian, one per permutation.
     # Null for records cleaned before the near-duplicate index existed, or with it switched off.
     Column("minhash", LargeBinary, nullable=True),
+    # The hash of the recipe that cleaned it (recipe.py); null for records cleaned before recipes.
+    Column("recipe_hash", String(64), nullable=True),
 )
 
 # The near-duplicate LSH index (near_dup.py, docs/curation.md "Near-duplicates"): one row per
@@ -76,13 +93,14 @@ dropped_records = Table(
     metadata,
     Column("raw_event_id", String(64), primary_key=True),
     Column("record_id", String(401), nullable=False),
-    Column("reason", String(32), nullable=False),  # "duplicate", "near_duplicate" or "empty"
+    Column("reason", String(32), nullable=False),  # a DropReason
     Column("duplicate_of", String(401), nullable=True),
     # Which operator dropped it, what it measured and the threshold it was held to (null for rows
     # dropped before these columns existed).
     Column("operator", String(64), nullable=True),
     Column("measured", Float, nullable=True),
     Column("threshold", Float, nullable=True),
+    Column("recipe_hash", String(64), nullable=True),  # the recipe it was held to (null before recipes)
     Column("created_at", DateTime(timezone=True), nullable=False),
     Index("ix_dropped_records_reason_created_at", "reason", "created_at"),  # GET /dropped?reason=
 )

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, Field, SecretStr
 
 from lmforge.common.settings import DatabaseSettings, HttpSettings, ServiceSettings, service_config
@@ -24,6 +26,10 @@ class NearDupSettings(BaseModel):
     with a record kept before it is dropped as a near-duplicate of that record. 0.9 keeps apart
     tickets that share a template and differ in one field (the demo corpus's closest pair is 0.895);
     the LSH banding is derived from it. Every replica must use the same threshold.
+
+    The recipe's ``near_dup`` step sets the threshold; ``threshold`` here is the shipped recipe's,
+    and setting it to anything else stops the service at startup (change the recipe instead).
+    ``enabled`` false turns the check off whatever the recipe says.
     """
 
     enabled: bool = True
@@ -41,3 +47,6 @@ class PreprocessSettings(ServiceSettings):
     consumer_group: str = "lmforge-preprocess"
     pii: PiiSettings = Field(default_factory=PiiSettings)
     near_dup: NearDupSettings = Field(default_factory=NearDupSettings)
+    # The recipe file (YAML or JSON) the service runs (docs/curation.md, "Recipes and operators");
+    # unset: the shipped recipe (lmforge/preprocess/recipes/default.yaml). LMFORGE_PREPROCESS_RECIPE.
+    recipe: Path | None = None

@@ -19,10 +19,10 @@ from lmforge.common.db import Database, OutboxRelay
 from lmforge.common.events import DatasetVersionCreatedV1, Split, Topic
 from lmforge.common.telemetry import inject_context
 
-from .cleaning import CONFIG_HASH, PIPELINE_CONFIG
-from .models import DROP_REASONS, cleaned_records, dataset_versions, dropped_records, outbox
+from .models import ALWAYS_COUNTED, cleaned_records, dataset_versions, dropped_records, outbox
 from .near_dup import NearDuplicateIndex
 from .pii import PiiType, Sensitivity, sensitivity_of
+from .recipe import Recipe, default_recipe
 
 
 class EmptyDataset(ValueError):
@@ -34,13 +34,23 @@ class VersionContention(RuntimeError):
 
 
 class DatasetStore:
+    """``recipe`` is the one the service runs (default: the shipped recipe); its hash is each new
+    version's ``config_hash``. Each record in a manifest names the recipe that cleaned it."""
+
     def __init__(
-        self, db: Database, artifacts: ArtifactStore, relay: OutboxRelay, near_dups: NearDuplicateIndex | None = None
+        self,
+        db: Database,
+        artifacts: ArtifactStore,
+        relay: OutboxRelay,
+        near_dups: NearDuplicateIndex | None = None,
+        recipe: Recipe | None = None,
     ) -> None:
         self.db = db
         self.artifacts = artifacts
         self.relay = relay
         self.near_dups = near_dups  # named in each manifest: the parameters the records were kept under
+        self.recipe = recipe or default_recipe()
+        self.config_hash = self.recipe.hash
         self.claim_attempts = 20
 
     async def create_version(self, dataset: str, sources: list[str] | None = None) -> dict[str, Any]:
@@ -62,6 +72,7 @@ class DatasetStore:
             t.c.source_partition,
             t.c.source_offset,
             t.c.masked_entities,
+            t.c.recipe_hash,
         )
         query = select(*columns).order_by(t.c.id)
         if sources:
@@ -73,7 +84,7 @@ class DatasetStore:
             )
         async with self.db.sessions() as session:
             every = (await session.execute(query)).all()
-            dropped = {reason: 0 for reason in DROP_REASONS} | {r: n for r, n in (await session.execute(drops)).all()}
+            dropped = {reason: 0 for reason in ALWAYS_COUNTED} | {r: n for r, n in (await session.execute(drops)).all()}
         # Rows come in id order, so the last one seen per record is its newest text.
         latest = set({r.record_id: r.id for r in every}.values())
         rows = [r for r in every if r.id in latest]
@@ -112,7 +123,7 @@ class DatasetStore:
                     manifest_uri=manifest_uri,
                     record_count=len(rows),
                     split_counts=split_counts,
-                    config_hash=CONFIG_HASH,
+                    config_hash=self.config_hash,
                 ),
                 key=dataset,
             )
@@ -141,7 +152,7 @@ class DatasetStore:
                             state="pending",
                             record_count=record_count,
                             split_counts=split_counts,
-                            config_hash=CONFIG_HASH,
+                            config_hash=self.config_hash,
                             created_at=datetime.now(UTC),
                         )
                     )
@@ -184,8 +195,10 @@ class DatasetStore:
             "dataset": dataset,
             "version": version,
             "created_at": datetime.now(UTC).isoformat(),
-            "config_hash": CONFIG_HASH,
-            "pipeline_config": PIPELINE_CONFIG,
+            # The recipe this version was cut under: its hash, and its whole definition.
+            "config_hash": self.config_hash,
+            "recipe": self.recipe.reference(),
+            "pipeline_config": self.recipe.definition(),
             "record_count": len(rows),
             "split_counts": split_counts,
             "sources": sorted({r.source for r in rows}),
@@ -197,6 +210,7 @@ class DatasetStore:
                     "content_hash": r.content_hash,
                     "split": r.split,
                     "sensitivity": level.value,
+                    "recipe": r.recipe_hash,  # the recipe that cleaned it (null: before recipes)
                 }
                 for r, level in zip(rows, levels, strict=True)
             ],
@@ -206,7 +220,8 @@ class DatasetStore:
             "sensitivity": {level.value: 0 for level in Sensitivity} | dict(Counter(level.value for level in levels)),
             # Older versions of records edited upstream: not in this version, kept for lineage.
             "superseded": superseded,
-            # Records dropped so far (of these sources), per reason: "duplicate", "near_duplicate", "empty".
+            # Records dropped so far (of these sources), per reason: "duplicate", "near_duplicate",
+            # "empty" always, and each recipe filter (by its name) that dropped any.
             "dropped": dropped,
             "near_dup": self.near_dups.parameters() if self.near_dups is not None else None,
             # The trace that cut this version: training runs link to it (a fan-in, not a parent).
