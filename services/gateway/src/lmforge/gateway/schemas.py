@@ -87,6 +87,9 @@ class ManifestRecord(BaseModel):
     content_hash: str
     split: str
     sensitivity: str | None = Field(default=None, description="none, low or high: the personal data masked in it.")
+    recipe: str | None = Field(
+        default=None, description="The hash of the recipe that cleaned it (null: before recipes)."
+    )
 
 
 class SupersededRecord(BaseModel):
@@ -94,11 +97,18 @@ class SupersededRecord(BaseModel):
     content_hash: str
 
 
+class RecipeReference(BaseModel):
+    name: str
+    version: int
+    hash: str
+
+
 class DatasetManifest(DatasetVersion):
     """An immutable dataset version: every record id and content hash, splits, config, offsets."""
 
     created_at: datetime
-    pipeline_config: dict[str, Any]
+    recipe: RecipeReference | None = Field(default=None, description="The curation recipe (docs/curation.md).")
+    pipeline_config: dict[str, Any] = Field(description="The recipe's definition.")
     sources: list[str]
     source_offsets: dict[str, dict[str, int]] = Field(description="topic -> partition -> next offset")
     records: list[ManifestRecord]
@@ -107,7 +117,8 @@ class DatasetManifest(DatasetVersion):
     )
     dropped: dict[str, int] = Field(
         default_factory=dict,
-        description="Records dropped by the pipeline, by reason (duplicate, near_duplicate, empty).",
+        description="Records dropped by the pipeline, by reason: duplicate, near_duplicate, empty, or the "
+        "recipe filter that dropped them (char_length, language, blocklist, ...).",
     )
     masked: dict[str, int] = Field(
         default_factory=dict, description="Personal data masked, by type (email, phone, ...)."
@@ -119,7 +130,9 @@ class DatasetManifest(DatasetVersion):
 
 class PipelineStats(BaseModel):
     cleaned: int = Field(ge=0)
-    dropped: dict[str, int] = Field(description="reason (duplicate, near_duplicate, empty) -> count")
+    dropped: dict[str, int] = Field(
+        description="reason (duplicate, near_duplicate, empty, or a recipe filter's name) -> count"
+    )
 
 
 # --- training --------------------------------------------------------------------------------
