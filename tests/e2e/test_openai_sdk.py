@@ -26,10 +26,10 @@ import torch
 from openai import OpenAI
 from transformers import AutoTokenizer, GPT2LMHeadModel
 
-from lmforge.devstack.demo import make_corpus
 from lmforge.devstack.model_seed import publish_model, save_small_gpt2
 from lmforge.devstack.servers import make_workdir
 from lmforge.devstack.stack import Stack
+from lmforge.devstack.support_corpus import make_corpus
 
 pytestmark = pytest.mark.slow
 

@@ -23,9 +23,9 @@ from typing import Any
 import httpx
 import pytest
 
-from lmforge.devstack.demo import make_corpus
 from lmforge.devstack.servers import make_workdir
 from lmforge.devstack.stack import Stack
+from lmforge.devstack.support_corpus import make_corpus
 
 from .routes import PublicRoute, all_scopes_but, public_routes
 

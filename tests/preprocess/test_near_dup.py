@@ -26,8 +26,8 @@ from lmforge.common.db import Database, OutboxRelay
 from lmforge.common.events import Event
 from lmforge.common.kafka import EventProducer, InboundMessage
 from lmforge.common.settings import KafkaSettings
-from lmforge.devstack.demo import make_corpus
 from lmforge.devstack.servers import PostgresCluster
+from lmforge.devstack.support_corpus import make_corpus
 from lmforge.preprocess import api
 from lmforge.preprocess.handlers import RawRecordHandler
 from lmforge.preprocess.models import cleaned_records, dropped_records, metadata, near_dup_bands, outbox

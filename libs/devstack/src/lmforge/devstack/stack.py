@@ -47,9 +47,13 @@ class Stack:
     extra_env: dict[str, str] = field(default_factory=dict)
     # A subset of the services (tests of the data path need no Triton, trainer or inference).
     only: tuple[str, ...] = SERVICES
+    # Where the trainer keeps converted base models (SmolLM2 from its GGUF file, about 20 s once):
+    # shared by every stack started from the same directory, as the trainer tests share it.
+    model_cache_dir: Path = Path("var/model-cache")
 
     def __post_init__(self) -> None:
         self.workdir = self.workdir.resolve()
+        self.model_cache_dir = self.model_cache_dir.resolve()
         self.broker: TansuBroker | None = None
         self.triton: TritonServer | None = None
         self.pg: PostgresCluster | None = None
@@ -98,6 +102,9 @@ class Stack:
             env[f"{p}UPSTREAM_TOPICS"] = f'["{self.upstream_topic}"]'
         if service == "trainer":
             env[f"{p}WORK_DIR"] = str(self.workdir / "trainer-work")
+            env[f"{p}MODEL_CACHE_DIR"] = str(self.model_cache_dir)
+            if "registry" in self.services:
+                env[f"{p}REGISTRY_URL"] = self.url("registry")
         if service == "inference":
             assert self.triton is not None
             env[f"{p}TRITON_GRPC_URL"] = f"127.0.0.1:{self.triton.grpc_port}"
