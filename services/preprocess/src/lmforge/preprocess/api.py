@@ -12,6 +12,7 @@ from lmforge.common.http import error_responses
 from lmforge.common.names import DatasetName, SourceName, VersionNumber
 
 from .models import DropReason
+from .splits import SplitSpec
 from .store import DatasetStore, EmptyDataset, VersionContention
 
 router = APIRouter(responses=error_responses(422))
@@ -22,6 +23,10 @@ class CreateVersion(BaseModel):
 
     sources: list[SourceName] | None = Field(
         default=None, max_length=100, description="only records from these sources"
+    )
+    split: SplitSpec = Field(
+        default_factory=SplitSpec,
+        description="How records are split into train, val and test (default: 8:1:1 by hash of the record id).",
     )
 
 
@@ -69,6 +74,9 @@ class DatasetManifest(BaseModel):
     pipeline_config: dict[str, Any] = Field(description="The recipe's definition (older versions: the fixed steps).")
     record_count: int
     split_counts: dict[str, int]
+    split: SplitSpec | None = Field(
+        default=None, description="The split it was cut with: ratios and by (null: before split specs, 8:1:1 by hash)."
+    )
     sources: list[str]
     source_offsets: dict[str, dict[str, int]]
     shards: dict[str, str]
@@ -119,7 +127,8 @@ async def create_version(
     request: Request, name: DatasetName, body: Annotated[CreateVersion | None, Body()] = None
 ) -> Any:
     try:
-        return await _store(request).create_version(name, (body.sources if body else None))
+        body = body or CreateVersion()
+        return await _store(request).create_version(name, body.sources, body.split)
     except EmptyDataset as exc:
         raise HTTPException(409, {"code": "empty_dataset", "message": f"dataset {name}: {exc}"}) from exc
     except VersionContention as exc:

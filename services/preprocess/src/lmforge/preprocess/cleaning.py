@@ -8,7 +8,6 @@ recipe (``recipe.py``) names which of them run, in which order and with which pa
 
 from __future__ import annotations
 
-import hashlib
 import html
 import re
 import unicodedata
@@ -21,6 +20,7 @@ import ftfy
 from lmforge.common.events import Split
 
 from .pii import PiiMasker, Sensitivity
+from .splits import DEFAULT_RATIOS, split_by_hash
 
 # NFKC folds these to ASCII (，to ,); Chinese prose uses them as its punctuation, so they stay.
 # Everything else is folded: full-width letters, digits, ＠ and － become ASCII, which PII detection needs.
@@ -136,5 +136,6 @@ def clean_text(text: str, masker: PiiMasker | None = None) -> CleanedText:
 
 
 def split_for(record_id: str) -> Split:
-    bucket = int(hashlib.sha256(record_id.encode()).hexdigest(), 16) % 10
-    return Split.TRAIN if bucket < 8 else Split.VAL if bucket == 8 else Split.TEST
+    """The split a record is given when it is cleaned: ``sha256(record_id) % 10``, 8 train, 1 val,
+    1 test. A dataset version cut with the default split spec (8:1:1 by hash) gives the same."""
+    return split_by_hash(record_id, DEFAULT_RATIOS.weights())

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
+import shutil
+import tempfile
 from collections import Counter
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -23,6 +26,7 @@ from .models import ALWAYS_COUNTED, cleaned_records, dataset_versions, dropped_r
 from .near_dup import NearDuplicateIndex
 from .pii import PiiType, Sensitivity, sensitivity_of
 from .recipe import Recipe, default_recipe
+from .splits import SplitSpec
 
 
 class EmptyDataset(ValueError):
@@ -52,61 +56,42 @@ class DatasetStore:
         self.recipe = recipe or default_recipe()
         self.config_hash = self.recipe.hash
         self.claim_attempts = 20
+        self.read_chunk = 1_000  # rows fetched per round trip while cutting a version
+        self.row_group_size = 10_000  # rows per Parquet row group
 
-    async def create_version(self, dataset: str, sources: list[str] | None = None) -> dict[str, Any]:
+    async def create_version(
+        self, dataset: str, sources: list[str] | None = None, split: SplitSpec | None = None
+    ) -> dict[str, Any]:
         """Snapshot the cleaned records (optionally of some sources) as the dataset's next version.
 
         A record edited upstream (same source and source id, new text) has several cleaned rows:
         the newest is in the version, the older ones are listed under ``superseded`` in the
-        manifest (and stay in the versions cut before the edit).
+        manifest (and stay in the versions cut before the edit). ``split`` says which records go
+        to train, val and test (default: 8:1:1 by hash, the split each record got when cleaned).
+
+        The cut streams: rows are read in chunks of ``read_chunk`` and each split's Parquet file is
+        written in row groups of ``row_group_size`` to a local folder, off the event loop, then
+        uploaded with the manifest. Only the manifest's per-record entries are held, not the texts.
         """
-        t = cleaned_records
-        columns = (
-            t.c.id,
-            t.c.record_id,
-            t.c.content_hash,
-            t.c.text,
-            t.c.label,
-            t.c.split,
-            t.c.source,
-            t.c.source_partition,
-            t.c.source_offset,
-            t.c.masked_entities,
-            t.c.recipe_hash,
-        )
-        query = select(*columns).order_by(t.c.id)
-        if sources:
-            query = query.where(t.c.source.in_(sources))
-        drops = select(dropped_records.c.reason, func.count()).group_by(dropped_records.c.reason)
-        if sources:
-            drops = drops.where(
-                or_(*(dropped_records.c.record_id.startswith(f"{s}:", autoescape=True) for s in sources))
-            )
-        async with self.db.sessions() as session:
-            every = (await session.execute(query)).all()
-            dropped = {reason: 0 for reason in ALWAYS_COUNTED} | {r: n for r, n in (await session.execute(drops)).all()}
-        # Rows come in id order, so the last one seen per record is its newest text.
-        latest = set({r.record_id: r.id for r in every}.values())
-        rows = [r for r in every if r.id in latest]
-        superseded = [{"record_id": r.record_id, "content_hash": r.content_hash} for r in every if r.id not in latest]
-        if not rows:
-            raise EmptyDataset(f"no cleaned records{' for sources ' + ', '.join(sources) if sources else ''}")
-        split_counts = {s.value: 0 for s in Split} | dict(Counter(r.split for r in rows))
-        version = await self._claim_version(dataset, len(rows), split_counts)
+        spec = split or SplitSpec()
+        work = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="lmforge-cut-"))
         try:
-            manifest = await asyncio.to_thread(
-                self._write_version, dataset, version, rows, superseded, split_counts, dropped
-            )
-        except BaseException:
-            async with self.db.sessions.begin() as session:  # give the number back: nothing was announced
-                await session.execute(
-                    delete(dataset_versions).where(
-                        dataset_versions.c.dataset == dataset,
-                        dataset_versions.c.version == version,
-                        dataset_versions.c.state == "pending",
+            cut = await self._write_shards(work, sources, spec)
+            version = await self._claim_version(dataset, cut.record_count, cut.split_counts)
+            try:
+                manifest = await asyncio.to_thread(self._publish, dataset, version, work, cut, spec)
+            except BaseException:
+                async with self.db.sessions.begin() as session:  # give the number back: nothing was announced
+                    await session.execute(
+                        delete(dataset_versions).where(
+                            dataset_versions.c.dataset == dataset,
+                            dataset_versions.c.version == version,
+                            dataset_versions.c.state == "pending",
+                        )
                     )
-                )
-            raise
+                raise
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work, True)
         manifest_uri = manifest["manifest_uri"]
         async with self.db.sessions.begin() as session:
             await session.execute(
@@ -121,8 +106,8 @@ class DatasetStore:
                     dataset=dataset,
                     version=version,
                     manifest_uri=manifest_uri,
-                    record_count=len(rows),
-                    split_counts=split_counts,
+                    record_count=cut.record_count,
+                    split_counts=cut.split_counts,
                     config_hash=self.config_hash,
                 ),
                 key=dataset,
@@ -131,6 +116,72 @@ class DatasetStore:
         return {k: manifest[k] for k in ("dataset", "version", "record_count", "split_counts", "config_hash")} | {
             "manifest_uri": manifest_uri
         }
+
+    async def _write_shards(self, work: Path, sources: list[str] | None, spec: SplitSpec) -> _Cut:
+        """Read the version's rows in id order, in chunks, and write them to ``work/<split>.parquet``.
+
+        One snapshot: the rows up to the highest id seen first (on SQLite, where writers are
+        serialised, no row below it commits later), read in one REPEATABLE READ transaction on
+        PostgreSQL. The newest row per record id is found by the database (``max(id)`` per
+        record id), so older texts are never loaded.
+        """
+        t = cleaned_records
+        scope = [t.c.source.in_(sources)] if sources else []
+        drops = select(dropped_records.c.reason, func.count()).group_by(dropped_records.c.reason)
+        if sources:
+            drops = drops.where(
+                or_(*(dropped_records.c.record_id.startswith(f"{s}:", autoescape=True) for s in sources))
+            )
+        empty = EmptyDataset(f"no cleaned records{' for sources ' + ', '.join(sources) if sources else ''}")
+        async with self.db.sessions() as session:
+            if self.db.dialect == "postgresql":
+                await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+            highest = (await session.execute(select(func.max(t.c.id)).where(*scope))).scalar_one()
+            if highest is None:
+                raise empty
+            scope.append(t.c.id <= highest)
+            latest = select(func.max(t.c.id)).where(*scope).group_by(t.c.record_id)
+            count = (await session.execute(select(func.count()).select_from(latest.subquery()))).scalar_one()
+            dropped = {reason: 0 for reason in ALWAYS_COUNTED} | {r: n for r, n in (await session.execute(drops)).all()}
+            superseded = [
+                {"record_id": r.record_id, "content_hash": r.content_hash}
+                for r in await session.execute(
+                    select(t.c.record_id, t.c.content_hash).where(*scope, t.c.id.not_in(latest)).order_by(t.c.id)
+                )
+            ]
+            cut = _Cut(dropped=dropped, superseded=superseded)
+            assign = spec.assigner(count)
+            query = (
+                select(
+                    t.c.record_id,
+                    t.c.content_hash,
+                    t.c.text,
+                    t.c.label,
+                    t.c.source,
+                    t.c.source_partition,
+                    t.c.source_offset,
+                    t.c.masked_entities,
+                    t.c.recipe_hash,
+                )
+                .where(*scope, t.c.id.in_(latest))
+                .order_by(t.c.id)
+                .execution_options(yield_per=self.read_chunk)
+            )
+            writer = await asyncio.to_thread(_ShardWriter, work, self.row_group_size)
+            try:
+                result = await session.stream(query)
+                async for chunk in result.partitions():
+                    batch: dict[Split, list[tuple[str, str, str, str | None]]] = {s: [] for s in Split}
+                    for r in chunk:
+                        split = assign(cut.record_count, r.record_id)
+                        cut.add(r, split)
+                        batch[split].append((r.record_id, r.content_hash, r.text, r.label))
+                    await asyncio.to_thread(writer.write, batch)
+            finally:
+                await asyncio.to_thread(writer.close)
+        if not cut.record_count:
+            raise empty
+        return cut
 
     async def _claim_version(self, dataset: str, record_count: int, split_counts: dict[str, int]) -> int:
         """Take the dataset's next version number for this cut: a unique row, committed before
@@ -161,36 +212,11 @@ class DatasetStore:
                 continue  # another cut claimed this number between our read and our insert
         raise VersionContention(f"dataset {dataset}: no version number free after {self.claim_attempts} tries")
 
-    def _write_version(
-        self,
-        dataset: str,
-        version: int,
-        rows: list[Any],
-        superseded: list[dict[str, str]],
-        split_counts: dict[str, int],
-        dropped: dict[str, int],
-    ) -> dict[str, Any]:
-        """Write the shards and the manifest under the claimed version (files nobody else writes)."""
+    def _publish(self, dataset: str, version: int, work: Path, cut: _Cut, spec: SplitSpec) -> dict[str, Any]:
+        """Upload the shards and write the manifest under the claimed version (files nobody else writes)."""
         prefix = f"datasets/{dataset}/v{version}"
-        shards = {}
-        for split in Split:
-            part = [r for r in rows if r.split == split.value]
-            table = pa.table(
-                {
-                    "record_id": [r.record_id for r in part],
-                    "content_hash": [r.content_hash for r in part],
-                    "text": [r.text for r in part],
-                    "label": pa.array([r.label for r in part], type=pa.string()),
-                }
-            )
-            buf = io.BytesIO()
-            pq.write_table(table, buf)
-            shards[split.value] = self.artifacts.write_bytes(f"{prefix}/{split.value}.parquet", buf.getvalue())
-        offsets: dict[str, int] = {}
-        for r in rows:
-            key = str(r.source_partition)
-            offsets[key] = max(offsets.get(key, 0), r.source_offset + 1)
-        levels = [_sensitivity(r.masked_entities) for r in rows]
+        self.artifacts.put_dir(work, prefix)
+        shards = {s.value: self.artifacts.uri(f"{prefix}/{s.value}.parquet") for s in Split}
         manifest = {
             "dataset": dataset,
             "version": version,
@@ -199,30 +225,23 @@ class DatasetStore:
             "config_hash": self.config_hash,
             "recipe": self.recipe.reference(),
             "pipeline_config": self.recipe.definition(),
-            "record_count": len(rows),
-            "split_counts": split_counts,
-            "sources": sorted({r.source for r in rows}),
-            "source_offsets": {Topic.RAW_DATA.value: offsets},
+            "record_count": cut.record_count,
+            "split_counts": cut.split_counts,
+            # How the records were split: ratios (train, val, test) and by "hash" or "time".
+            "split": spec.manifest(),
+            "sources": sorted(cut.sources),
+            "source_offsets": {Topic.RAW_DATA.value: cut.offsets},
             "shards": shards,
-            "records": [
-                {
-                    "record_id": r.record_id,
-                    "content_hash": r.content_hash,
-                    "split": r.split,
-                    "sensitivity": level.value,
-                    "recipe": r.recipe_hash,  # the recipe that cleaned it (null: before recipes)
-                }
-                for r, level in zip(rows, levels, strict=True)
-            ],
+            "records": cut.records,
             # What was masked in this version's records (entities per PII type), and how many
             # records are at each sensitivity level (the highest level of what was found in them).
-            "masked": dict(sum((Counter(r.masked_entities or {}) for r in rows), Counter())),
-            "sensitivity": {level.value: 0 for level in Sensitivity} | dict(Counter(level.value for level in levels)),
+            "masked": dict(+cut.masked),
+            "sensitivity": {level.value: 0 for level in Sensitivity} | dict(cut.sensitivity),
             # Older versions of records edited upstream: not in this version, kept for lineage.
-            "superseded": superseded,
+            "superseded": cut.superseded,
             # Records dropped so far (of these sources), per reason: "duplicate", "near_duplicate",
             # "empty" always, and each recipe filter (by its name) that dropped any.
-            "dropped": dropped,
+            "dropped": cut.dropped,
             "near_dup": self.near_dups.parameters() if self.near_dups is not None else None,
             # The trace that cut this version: training runs link to it (a fan-in, not a parent).
             "trace": dict((k, v.decode()) for k, v in inject_context([])),
@@ -276,3 +295,80 @@ def _sensitivity(masked_entities: dict[str, int] | None) -> Sensitivity:
 
 
 _PII_TYPES = frozenset(t.value for t in PiiType)
+
+
+_SHARD_SCHEMA = pa.schema(
+    [("record_id", pa.string()), ("content_hash", pa.string()), ("text", pa.string()), ("label", pa.string())]
+)
+
+
+class _ShardWriter:
+    """One Parquet file per split, written in row groups of ``row_group_size`` rows: rows wait in a
+    split's buffer until a row group is full, so at most one row group per split is in memory.
+    Its methods do file I/O and encoding: call them off the event loop."""
+
+    def __init__(self, folder: Path, row_group_size: int) -> None:
+        self.row_group_size = row_group_size
+        self.pending: dict[Split, list[tuple[str, str, str, str | None]]] = {s: [] for s in Split}
+        self.writers: dict[Split, pq.ParquetWriter] = {}
+        for s in Split:
+            self.writers[s] = pq.ParquetWriter(folder / f"{s.value}.parquet", _SHARD_SCHEMA)
+
+    def write(self, batch: dict[Split, list[tuple[str, str, str, str | None]]]) -> None:
+        for split, rows in batch.items():
+            pending = self.pending[split]
+            pending.extend(rows)
+            while len(pending) >= self.row_group_size:
+                self._flush(split, pending[: self.row_group_size])
+                del pending[: self.row_group_size]
+
+    def close(self) -> None:
+        try:
+            for split, pending in self.pending.items():
+                if pending:
+                    self._flush(split, pending)
+                    pending.clear()
+        finally:
+            for writer in self.writers.values():
+                writer.close()
+
+    def _flush(self, split: Split, rows: list[tuple[str, str, str, str | None]]) -> None:
+        columns = list(zip(*rows, strict=True))
+        table = pa.Table.from_arrays([pa.array(c, type=pa.string()) for c in columns], schema=_SHARD_SCHEMA)
+        self.writers[split].write_table(table, row_group_size=self.row_group_size)
+
+
+@dataclass
+class _Cut:
+    """What a cut's manifest says besides the shards: per-record entries (ids, not texts) and totals."""
+
+    dropped: dict[str, int]
+    superseded: list[dict[str, str]]
+    records: list[dict[str, Any]] = field(default_factory=list)
+    split_counts: dict[str, int] = field(default_factory=lambda: {s.value: 0 for s in Split})
+    sources: set[str] = field(default_factory=set)
+    offsets: dict[str, int] = field(default_factory=dict)
+    masked: Counter[str] = field(default_factory=Counter)
+    sensitivity: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def record_count(self) -> int:
+        return len(self.records)
+
+    def add(self, row: Any, split: Split) -> None:
+        level = _sensitivity(row.masked_entities)
+        self.records.append(
+            {
+                "record_id": row.record_id,
+                "content_hash": row.content_hash,
+                "split": split.value,
+                "sensitivity": level.value,
+                "recipe": row.recipe_hash,  # the recipe that cleaned it (null: before recipes)
+            }
+        )
+        self.split_counts[split.value] += 1
+        self.sources.add(row.source)
+        key = str(row.source_partition)
+        self.offsets[key] = max(self.offsets.get(key, 0), row.source_offset + 1)
+        self.masked.update(row.masked_entities or {})
+        self.sensitivity[level.value] += 1
