@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bus_throughput.py
 	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/runtime_batching.py
+	$(BIN)/python bench/trainer.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache var
