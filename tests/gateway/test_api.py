@@ -223,7 +223,8 @@ def test_the_route_table_is_what_the_tests_cover() -> None:
     for route in ("GET /v1/api-keys", "DELETE /v1/api-keys/{key_id}", "POST /v1/api-keys/{key_id}/rotate"):
         assert found[route] == Scope.ADMIN
     assert found["GET /v1/training-jobs/{job_id}/metrics"] == Scope.TRAINING_READ
-    assert len(found) == 19
+    assert found["GET /v1/pipeline/dropped"] == found["GET /v1/pipeline/stats"] == Scope.DATASETS_READ
+    assert len(found) == 20
 
 
 async def test_a_405_names_every_method_of_its_path(gateway: httpx.AsyncClient) -> None:

@@ -129,6 +129,7 @@ def examples(w: World) -> dict[str, tuple[dict[str, str], dict[str, Any]]]:
     """
     return {
         "GET /v1/pipeline/stats": ({}, {}),
+        "GET /v1/pipeline/dropped": ({}, {"params": {"reason": "duplicate", "limit": 10}}),
         "GET /v1/datasets/{name}/versions/{version}": ({"name": DATASET, "version": str(w.dataset_version)}, {}),
         "GET /v1/training-jobs/{job_id}": ({"job_id": w.job_id}, {}),
         "GET /v1/training-jobs/{job_id}/metrics": ({"job_id": w.job_id}, {}),

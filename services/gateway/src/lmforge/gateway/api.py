@@ -14,18 +14,22 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Request
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 
 from lmforge.common.events import Topic, TrainingRequestedV1
 from lmforge.common.http import error_responses, payload_too_large, public_text, upstream_records_body
 from lmforge.common.kafka import EventProducer
-from lmforge.common.names import AliasName, DatasetName, JobId, ModelName, VersionNumber, url_path
+from lmforge.common.names import NO_NUL_PATTERN, AliasName, DatasetName, JobId, ModelName, VersionNumber, url_path
 
 from . import store
 from .auth import AuthenticatedRoute, Principal, Scope, digest, format_key, new_key, new_secret, require
 from .downstream import Downstream
 from .quotas import Quotas
 from .schemas import (
+    DROP_REASON_PATTERN,
+    MAX_DROPPED_OFFSET,
+    MAX_DROPPED_PAGE,
+    MAX_RECORD_ID_CHARS,
     AliasMoved,
     AliasRequest,
     ApiKey,
@@ -35,6 +39,7 @@ from .schemas import (
     DatasetManifest,
     DatasetVersion,
     DatasetVersionRequest,
+    DroppedRecord,
     IngestResponse,
     Lineage,
     MetricHistory,
@@ -131,6 +136,41 @@ async def get_dataset_version(
 async def pipeline_stats(request: Request, who: Annotated[Principal, Depends(require(Scope.DATASETS_READ))]) -> Any:
     """How many records preprocess has cleaned, and dropped (duplicates, empty after cleaning)."""
     return await _downstream(request).json("preprocess", "GET", url_path("stats"), principal=who.forwarded())
+
+
+@router.get("/pipeline/dropped", response_model=list[DroppedRecord], responses=DOWNSTREAM)
+async def pipeline_dropped(
+    request: Request,
+    who: Annotated[Principal, Depends(require(Scope.DATASETS_READ))],
+    reason: Annotated[
+        str | None,
+        Query(
+            pattern=DROP_REASON_PATTERN,
+            description="Only drops for this reason: duplicate, near_duplicate, empty, or a recipe filter's name.",
+        ),
+    ] = None,
+    record_id: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=MAX_RECORD_ID_CHARS,
+            pattern=NO_NUL_PATTERN,
+            description="Only drops of this record, `<source>:<source id>`.",
+        ),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_DROPPED_PAGE, description="At most this many.")] = 100,
+    offset: Annotated[int, Query(ge=0, le=MAX_DROPPED_OFFSET, description="Skip this many first.")] = 0,
+) -> Any:
+    """Records the curation pipeline dropped, oldest first, each with its reason, the operator, the
+    value it measured and the threshold (docs/curation.md). An unknown reason is ``422``."""
+    params: dict[str, str | int] = {"limit": limit, "offset": offset}
+    if reason is not None:
+        params["reason"] = reason
+    if record_id is not None:
+        params["record_id"] = record_id
+    return await _downstream(request).json(
+        "preprocess", "GET", url_path("dropped"), principal=who.forwarded(), params=params
+    )
 
 
 @router.post(

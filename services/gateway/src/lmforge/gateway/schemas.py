@@ -189,6 +189,36 @@ class PipelineStats(BaseModel):
     )
 
 
+# ``GET /v1/pipeline/dropped``: a drop reason is a short lowercase name (preprocess refuses one it
+# does not know), a record id is ``<source>:<source id>``, as the records' manifests name it.
+DROP_REASON_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+MAX_RECORD_ID_CHARS = 401
+MAX_DROPPED_PAGE = 1000
+MAX_DROPPED_OFFSET = 1_000_000
+
+
+class DroppedRecord(BaseModel):
+    """A record that is in no dataset version, and why: the operator that dropped it, what it
+    measured and the threshold it was held to."""
+
+    raw_event_id: str = Field(description="The id of the raw-data event that carried the record.")
+    record_id: str = Field(description="The record's id, `<source>:<source id>`.")
+    reason: str = Field(
+        description="duplicate, near_duplicate, empty, or the name of the recipe filter that dropped it "
+        "(char_length, language, blocklist, ...)."
+    )
+    duplicate_of: str | None = Field(description="The kept record this one duplicates (null for other reasons).")
+    operator: str | None = Field(description="The operator that dropped it (null for rows older than the field).")
+    measured: float | None = Field(
+        description="What the operator measured: the similarity for (near-)duplicates, the filter's value otherwise."
+    )
+    threshold: float | None = Field(description="The threshold the measured value was held to.")
+    recipe_hash: str | None = Field(
+        default=None, description="The hash of the recipe it was held to (null for rows older than the field)."
+    )
+    created_at: datetime = Field(description="When it was dropped.")
+
+
 # --- training --------------------------------------------------------------------------------
 
 
