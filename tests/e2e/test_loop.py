@@ -8,17 +8,21 @@ API, the dead-letter topic, and the spans the services export over OTLP to a rec
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import time
 from collections.abc import Iterator
 
 import httpx
+import pyarrow.parquet as pq
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from lmforge.common.artifacts import ArtifactStore
 from lmforge.common.events import dead_letter_topic
 from lmforge.devstack.demo import DemoResult, run_demo
 from lmforge.devstack.stack import Stack
+from lmforge.devstack.support_corpus import chinese_tickets
 
 from ..helpers import read_topic
 from .otlp_receiver import OtlpReceiver, ReceivedSpan
@@ -119,15 +123,39 @@ def test_records_to_served_answer(stack: Stack, otlp: OtlpReceiver) -> None:
     )
     assert result.version >= 1
 
-    # No valid record lost: every accepted record is cleaned or dropped as a named duplicate/empty,
-    # and the dataset version holds exactly the cleaned ones.
+    # No valid record lost: every accepted record is cleaned or dropped with a named reason, and
+    # the dataset versions of the three sources hold exactly the cleaned ones.
     stats = api.get("/v1/pipeline/stats").json()
-    accepted = 200 + 1  # the HTTP corpus (all distinct ids) plus the valid upstream record
+    accepted = 200 + 20 + 1  # the HTTP corpora (all distinct ids) plus the valid upstream record
     assert stats["cleaned"] + sum(stats["dropped"].values()) == accepted
     lineage = result.lineage
     ds = lineage["dataset"]
-    assert ds["record_count"] == stats["cleaned"] == len(ds["record_ids"])
-    assert "erp:E-1" in ds["record_ids"]
+    assert ds["record_count"] == len(ds["record_ids"])
+    erp = api.post("/v1/datasets/erp-orders/versions", json={"sources": ["erp"]}).json()
+    assert erp["record_count"] == 1
+    erp_manifest = api.get(f"/v1/datasets/erp-orders/versions/{erp['version']}").json()
+    assert [r["record_id"] for r in erp_manifest["records"]] == ["erp:E-1"]
+    zh_name, zh_version = result.zh_dataset
+    zh = api.get(f"/v1/datasets/{zh_name}/versions/{zh_version}").json()
+    assert ds["record_count"] + zh["record_count"] + erp["record_count"] == stats["cleaned"]
+
+    # The Chinese tickets: every mobile number, resident ID, bank card and email is masked, in the
+    # texts the trainer would read, and the order numbers, times and amounts are still there.
+    assert zh["record_count"] == 20
+    assert result.zh_masked == {"phone": 20, "id_card": 20, "bank_card": 20, "email": 20}
+    assert zh["sensitivity"].get("high") == 20
+    store = ArtifactStore(str(stack.workdir / "artifacts"))
+    shards = json.loads(store.read_bytes(f"datasets/{zh_name}/v{zh_version}/manifest.json"))["shards"]
+    texts = [
+        t
+        for uri in shards.values()
+        for t in pq.read_table(io.BytesIO(store.read_bytes(store.key_of(uri))))["text"].to_pylist()
+    ]
+    assert len(texts) == 20
+    secrets = [value for _, values in chinese_tickets(20) for value in values]
+    leaked = [v for v in secrets if any(v in t.replace(" ", "") for t in texts)]
+    assert not leaked, leaked
+    assert all("订单号2026" in t and "[ID_CARD]" in t and "[BANK_CARD]" in t for t in texts)
 
     # Lineage: answering version -> run -> dataset version -> record ids.
     job = api.get("/v1/registry/models").json()

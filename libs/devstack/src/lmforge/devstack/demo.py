@@ -1,7 +1,8 @@
 """The scripted demo: records in, a served answer out, through the public API only.
 
-1. generate a synthetic support-ticket corpus (duplicates, HTML noise, emails, phone numbers);
-2. send it through the gateway; 3. cut a dataset version; 4. request LoRA fine-tuning of
+1. generate a synthetic support-ticket corpus (duplicates, HTML noise, emails, phone numbers) and
+Chinese tickets full of personal data; 2. send them through the gateway; 3. cut a dataset version
+of each source (the Chinese one shows what was masked); 4. request LoRA fine-tuning of
 SmolLM2-135M-Instruct; 5. wait for registration, promotion and deployment; 6. ask the questions
 that no record holds (``support_corpus``: paraphrases of each intent); 7. score the answers
 against each intent's reference, and show the model version, its lineage and the trace ids.
@@ -17,9 +18,10 @@ from typing import Any
 
 import httpx
 
-from .support_corpus import held_out_questions, make_corpus, matched_intent, prompt
+from .support_corpus import chinese_tickets, held_out_questions, make_corpus, matched_intent, prompt
 
 BASE_MODEL = "builtin:smollm2-135m-instruct"
+DATASET, ZH_DATASET = "support-tickets", "support-tickets-zh"
 # LoRA SFT on the tickets' answers (the loss starts after " Agent:"), sized to train in about two
 # and a half minutes on 2 CPU cores. Adapters on the MLP as well as attention, at 5e-4 for 60
 # steps, answered 23 of the 24 held-out questions; attention only at 2e-3 for 40 steps, 20 to 21.
@@ -51,6 +53,9 @@ class DemoResult:
     version: int
     lineage: dict[str, Any]
     trace_ids: dict[str, str]
+    # The Chinese tickets' dataset version: (name, version), and what was masked in it.
+    zh_dataset: tuple[str, int] = ("", 0)
+    zh_masked: dict[str, int] = field(default_factory=dict)
     held_out_correct: int = 0
     held_out_total: int = 0
     timings: dict[str, float] = field(default_factory=dict)
@@ -76,6 +81,7 @@ def run_demo(
     *,
     say: Callable[[str], None] = print,
     records: int = 200,
+    chinese_records: int = 20,
     model_name: str = "support-assistant",
     hyperparameters: dict[str, Any] | None = None,
     training_timeout_s: float = 600,
@@ -86,10 +92,14 @@ def run_demo(
     t0 = time.monotonic()
     with httpx.Client(base_url=gateway_url, headers=h, timeout=60) as api:
         corpus = make_corpus(records)
-        say(f"1. generated {len(corpus)} support tickets (duplicates, HTML, emails, phone numbers)")
+        zh_tickets = chinese_tickets(chinese_records)
+        say(
+            f"1. generated {len(corpus)} support tickets (duplicates, HTML, emails, phone numbers) and "
+            f"{len(zh_tickets)} Chinese ones (mobile numbers, resident IDs, bank cards, emails)"
+        )
         bad = api.post("/v1/records", json={"source": "crm", "text": "no id"})
         say(f"   a malformed record is refused: {bad.status_code} {bad.json()['error']['message']}")
-        resp = api.post("/v1/records", json=corpus)
+        resp = api.post("/v1/records", json=corpus + [record for record, _ in zh_tickets])
         resp.raise_for_status()
         body = resp.json()
         traces["ingest"] = resp.headers.get("x-trace-id", "")
@@ -102,21 +112,28 @@ def run_demo(
 
         stats = wait_for("preprocessing", preprocessed, 120, say)
         say(f"   preprocess: {stats['cleaned']} cleaned, dropped {stats['dropped']}")
-        resp = api.post("/v1/datasets/support-tickets/versions", json={})
+        resp = api.post(f"/v1/datasets/{ZH_DATASET}/versions", json={"sources": ["crm-cn"]})
+        resp.raise_for_status()
+        zh = api.get(f"/v1/datasets/{ZH_DATASET}/versions/{resp.json()['version']}").json()
+        say(
+            f"3. dataset version {ZH_DATASET} v{zh['version']} (source crm-cn): {zh['record_count']} records, "
+            f"masked {zh['masked']}; by sensitivity {zh['sensitivity']}"
+        )
+        resp = api.post(f"/v1/datasets/{DATASET}/versions", json={"sources": ["crm"]})
         resp.raise_for_status()
         dataset = resp.json()
         traces["dataset"] = resp.headers.get("x-trace-id", "")
         say(
-            f"3. dataset version support-tickets v{dataset['version']}: {dataset['record_count']} records, "
+            f"   dataset version {DATASET} v{dataset['version']} (source crm): {dataset['record_count']} records, "
             f"splits {dataset['split_counts']}"
         )
-        manifest = api.get(f"/v1/datasets/support-tickets/versions/{dataset['version']}").json()
+        manifest = api.get(f"/v1/datasets/{DATASET}/versions/{dataset['version']}").json()
         say(f"   masked: {manifest['masked']}; records by sensitivity: {manifest['sensitivity']}")
         resp = api.post(
             "/v1/training-jobs",
             json={
                 "model_name": model_name,
-                "dataset": "support-tickets",
+                "dataset": DATASET,
                 "dataset_version": dataset["version"],
                 "base_model": BASE_MODEL,
                 "hyperparameters": hyperparameters or HYPERPARAMETERS,
@@ -208,6 +225,8 @@ def run_demo(
         version=answer["lmforge"]["version"],
         lineage=lineage,
         trace_ids=traces,
+        zh_dataset=(ZH_DATASET, zh["version"]),
+        zh_masked=zh["masked"],
         held_out_correct=correct,
         held_out_total=len(questions),
         timings=timings,

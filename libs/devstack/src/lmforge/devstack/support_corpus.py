@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001  (the Chinese tickets are written with full-width CJK punctuation)
 """The demo's domain: customer-support tickets in six intents, with held-out paraphrases.
 
 Each intent has a reference answer, phrasings the synthetic CRM files tickets with (the training
@@ -242,3 +243,49 @@ def matched_intent(answer: str) -> Intent | None:
     """The intent whose reference answer the answer matches best, or None below ``MATCH_F1``."""
     best = max(INTENTS, key=lambda intent: token_f1(answer, intent.answer))
     return best if token_f1(answer, best.answer) >= MATCH_F1 else None
+
+
+# --- Chinese tickets with personal data ----------------------------------------------------------
+# A second CRM (source ``crm-cn``) files tickets in Chinese, with the personal data Chinese
+# business records hold: mobile numbers, resident IDs (GB 11643 check digit), UnionPay cards
+# (Luhn), emails written straight after a CJK word; and numbers that are not personal data.
+ZH_TOPICS = (
+    ("我的退款还没到账", "退款会在五个工作日内退回原支付方式。"),
+    ("发票在哪里下载", "发票在账户的账单页面，选择发票即可下载。"),
+    ("我想取消订阅", "您可以在账户、订阅里随时取消。"),
+    ("包裹一直没有送到", "订单两天内发货，物流单号会通过邮件发送。"),
+)
+_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+
+
+def _resident_id(rnd: random.Random) -> str:
+    region = rnd.choice(["110101", "310104", "440305"])
+    born = f"{rnd.randint(1960, 2003)}0{rnd.randint(1, 9)}1{rnd.randint(0, 9)}"
+    first17 = f"{region}{born}{rnd.randint(100, 999)}"
+    return first17 + "10X98765432"[sum(int(d) * w for d, w in zip(first17, _ID_WEIGHTS, strict=True)) % 11]
+
+
+def _unionpay_card(rnd: random.Random) -> str:
+    body = "622202" + "".join(str(rnd.randint(0, 9)) for _ in range(12))
+    total = sum((2 * int(d) - 9 * (2 * int(d) > 9)) if i % 2 == 0 else int(d) for i, d in enumerate(reversed(body)))
+    return body + str((10 - total % 10) % 10)
+
+
+def chinese_tickets(n: int = 20, seed: int = 11) -> list[tuple[dict[str, Any], list[str]]]:
+    """``n`` Chinese tickets, each with the personal data values written in it (what masking must remove)."""
+    rnd = random.Random(seed)
+    tickets = []
+    for i in range(n):
+        question, answer = ZH_TOPICS[i % len(ZH_TOPICS)]
+        mobile = f"1{rnd.choice('3589')}{rnd.randint(100000000, 999999999)}"
+        resident_id, card = _resident_id(rnd), _unionpay_card(rnd)
+        email = f"{rnd.choice(NAMES)}.{i}@example.cn"
+        spaced_card = " ".join(card[j : j + 4] for j in range(0, len(card), 4))
+        text = (
+            f"客户：{question}，订单号2026{rnd.randint(10000000, 99999999)}，下单时间2026-11-{rnd.randint(10, 24)} "
+            f"{rnd.randint(10, 23)}:{rnd.randint(10, 59)}。手机+86 {mobile[:3]} {mobile[3:7]} {mobile[7:]}，"
+            f"身份证{resident_id}，银行卡{spaced_card}，邮箱{email}，金额￥{rnd.randint(100, 999)}.00。客服：{answer}"
+        )
+        record = {"source": "crm-cn", "source_id": f"C-{20000 + i}", "text": text, "metadata": {"channel": "chat"}}
+        tickets.append((record, [mobile, resident_id, card, email]))
+    return tickets
