@@ -11,27 +11,15 @@ service is validated into a public model (``schemas``), which leaves internal fi
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 
 from lmforge.common.events import Topic, TrainingRequestedV1
 from lmforge.common.http import error_responses, payload_too_large, public_text, upstream_records_body
 from lmforge.common.kafka import EventProducer
-from lmforge.common.names import (
-    NO_NUL_PATTERN,
-    AliasName,
-    DatasetName,
-    JobId,
-    ModelName,
-    SourceName,
-    VersionNumber,
-    url_path,
-)
+from lmforge.common.names import NO_NUL_PATTERN, AliasName, DatasetName, JobId, ModelName, VersionNumber, url_path
 
 from . import store
 from .auth import AuthenticatedRoute, Principal, Scope, digest, format_key, new_key, new_secret, require
@@ -53,7 +41,6 @@ from .schemas import (
     DatasetVersionRequest,
     DroppedRecord,
     IngestResponse,
-    LabelStudioTask,
     Lineage,
     MetricHistory,
     Model,
@@ -91,14 +78,6 @@ async def post_records(request: Request, who: Annotated[Principal, Depends(requi
 
     ``202`` once the broker acknowledged every record. The body is passed to ingest as it came.
     """
-    body, headers = await _body(request)
-    return await _downstream(request).json(
-        "ingest", "POST", url_path("records"), principal=who.forwarded(), content=body, headers=headers
-    )
-
-
-async def _body(request: Request) -> tuple[bytes, dict[str, str]]:
-    """The request's body (``413`` over the limit) and its content type, to pass on as they came."""
     limit = request.app.state.settings.max_request_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
@@ -108,50 +87,9 @@ async def _body(request: Request) -> tuple[bytes, dict[str, str]]:
         body.extend(chunk)
         if len(body) > limit:
             raise payload_too_large(f"request body over {limit} bytes")
-    return bytes(body), {"content-type": request.headers.get("content-type", "application/json")}
-
-
-@router.post(
-    "/records/label-studio",
-    status_code=202,
-    response_model=IngestResponse,
-    responses=error_responses(400, 413, 415) | DOWNSTREAM,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": {"type": "array", "items": {"type": "object"}}}},
-        }
-    },
-)
-async def post_label_studio(
-    request: Request,
-    who: Annotated[Principal, Depends(require(Scope.RECORDS_WRITE))],
-    source: Annotated[SourceName, Query(description="The source every task's record belongs to.")],
-    text_field: Annotated[
-        str,
-        Query(
-            min_length=1,
-            max_length=200,
-            pattern=NO_NUL_PATTERN,
-            description="The key of each task's `data` that holds the text.",
-        ),
-    ] = "text",
-) -> Any:
-    """A Label Studio JSON export (a list of tasks), each task one record, stored by ingest.
-
-    The task id is the source id, ``data[text_field]`` the text, the one choice of the latest
-    annotation not cancelled the label, and its other results are kept in the record's
-    ``metadata.label_studio`` (docs/curation.md, "Labels and Label Studio"). A task that cannot be
-    a record is ``422`` naming its index and field, and nothing of the export is stored."""
-    body, headers = await _body(request)
+    headers = {"content-type": request.headers.get("content-type", "application/json")}
     return await _downstream(request).json(
-        "ingest",
-        "POST",
-        url_path("records", "label-studio"),
-        principal=who.forwarded(),
-        content=body,
-        headers=headers,
-        params={"source": source, "text_field": text_field},
+        "ingest", "POST", url_path("records"), principal=who.forwarded(), content=bytes(body), headers=headers
     )
 
 
@@ -192,48 +130,6 @@ async def get_dataset_version(
     return await _downstream(request).json(
         "preprocess", "GET", url_path("datasets", name, "versions", version), principal=who.forwarded()
     )
-
-
-@router.get(
-    "/datasets/{name}/versions/{version}/label-studio",
-    response_model=list[LabelStudioTask],
-    responses=error_responses(404) | DOWNSTREAM,
-)
-async def export_label_studio(
-    request: Request,
-    name: DatasetName,
-    version: VersionNumber,
-    who: Annotated[Principal, Depends(require(Scope.DATASETS_READ))],
-    label_as: Annotated[
-        Literal["predictions", "annotations"], Query(description="Where a record's label goes in its task.")
-    ] = "predictions",
-    from_name: Annotated[
-        str, Query(min_length=1, max_length=100, pattern=NO_NUL_PATTERN, description="The choices control's name.")
-    ] = "label",
-    to_name: Annotated[
-        str, Query(min_length=1, max_length=100, pattern=NO_NUL_PATTERN, description="The text object's name.")
-    ] = "text",
-) -> Response:
-    """The version's records as Label Studio tasks, to import for review: ``data`` holds the
-    cleaned text, the record id and the split; a record's label is a ``choices`` result among the
-    task's ``predictions`` (or ``annotations``). Streamed from preprocess as it reads the shards."""
-    stack = AsyncExitStack()
-    resp = await stack.enter_async_context(
-        _downstream(request).stream(
-            "preprocess",
-            "GET",
-            url_path("datasets", name, "versions", version, "label-studio"),
-            principal=who.forwarded(),
-            params={"label_as": label_as, "from_name": from_name, "to_name": to_name},
-        )
-    )
-
-    async def body() -> AsyncIterator[bytes]:
-        async with stack:
-            async for chunk in resp.aiter_raw():
-                yield chunk
-
-    return StreamingResponse(body(), media_type="application/json")
 
 
 @router.get("/pipeline/stats", response_model=PipelineStats, responses=DOWNSTREAM)

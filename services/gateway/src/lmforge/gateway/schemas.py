@@ -182,34 +182,6 @@ class DatasetManifest(DatasetVersion):
     )
 
 
-class LabelStudioData(BaseModel):
-    text: str = Field(description="The record's cleaned text (personal data masked).")
-    record_id: str
-    split: str
-
-
-class LabelStudioResult(BaseModel):
-    from_name: str
-    to_name: str
-    type: Literal["choices"]
-    value: dict[str, list[str]] = Field(description='`{"choices": [<label>]}`')
-
-
-class LabelStudioEntry(BaseModel):
-    model_version: str | None = Field(default=None, description="`<dataset>@v<version>` (predictions only).")
-    result: list[LabelStudioResult]
-
-
-class LabelStudioTask(BaseModel):
-    """One record of a dataset version as a Label Studio task (docs/curation.md)."""
-
-    data: LabelStudioData
-    predictions: list[LabelStudioEntry] | None = Field(default=None, description="The label, if any (default).")
-    annotations: list[LabelStudioEntry] | None = Field(
-        default=None, description="The label, with `label_as=annotations`."
-    )
-
-
 class PipelineStats(BaseModel):
     cleaned: int = Field(ge=0)
     dropped: dict[str, int] = Field(

@@ -1,5 +1,4 @@
 """``POST /records``: one record, a JSON array, or JSONL (body or multipart file upload).
-``POST /records/label-studio``: a Label Studio JSON export, each task a record (``label_studio``).
 
 The route reads its body itself, to take all three formats; its OpenAPI entry still declares
 the record schema for each (``upstream_records_body``). Every failure to read the body is a 4xx
@@ -9,16 +8,14 @@ that says why: not UTF-8, not JSON, too large, an unknown content type.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ValidationError
 
 from lmforge.common.events import UpstreamRecord
 from lmforge.common.http import error_responses, payload_too_large, upstream_records_body
-from lmforge.common.names import SourceName
 
-from .label_studio import TaskError, tasks_to_records
 from .settings import IngestSettings
 from .store import RawRecordStore
 
@@ -120,22 +117,12 @@ async def _read_items(request: Request, settings: IngestSettings) -> list[Any]:
 async def post_records(request: Request) -> IngestResponse:
     """Validate every record, store each once, and answer after the broker acknowledged them."""
     settings: IngestSettings = request.app.state.settings
-    items = await _read_items(request, settings)
-    return await _accept(request, items, "records")
-
-
-async def _accept(
-    request: Request, items: list[Any], what: str, fields: dict[str, str] | None = None
-) -> IngestResponse:
-    """Validate every item as a record (the first bad one refuses the whole batch), then store them.
-
-    ``fields``: what a record's field is called in the items, for the error (a task's ``data.text``)."""
-    settings: IngestSettings = request.app.state.settings
     store: RawRecordStore = request.app.state.store
+    items = await _read_items(request, settings)
     if not items:
-        raise _invalid(f"no {what} in the request")
+        raise _invalid("no records in the request")
     if len(items) > settings.max_records_per_request:
-        raise payload_too_large(f"{len(items)} {what}: at most {settings.max_records_per_request} per request")
+        raise payload_too_large(f"{len(items)} records: at most {settings.max_records_per_request} per request")
     records = []
     for i, item in enumerate(items):
         try:
@@ -143,8 +130,7 @@ async def _accept(
         except ValidationError as exc:
             err = exc.errors()[0]
             field = ".".join(str(p) for p in err["loc"]) or "<record>"
-            field = (fields or {}).get(field.split(".")[0], field)
-            where = f"{what}[{i}].{field}" if len(items) > 1 or what != "records" else field
+            where = f"records[{i}].{field}" if len(items) > 1 else field
             raise _invalid(f"{where}: {err['msg']}", index=i, field=field) from exc
     results = await store.accept(records)
     accepted = sum(r.status == "accepted" for r in results)
@@ -153,30 +139,3 @@ async def _accept(
         duplicates=len(results) - accepted,
         records=[RecordResult(record_id=r.record_id, status=r.status, event_id=r.event_id) for r in results],
     )
-
-
-@router.post(
-    "/records/label-studio",
-    status_code=202,
-    response_model=IngestResponse,
-    responses=error_responses(400, 413, 415, 422, 503),
-)
-async def post_label_studio(
-    request: Request,
-    source: SourceName,
-    text_field: Annotated[
-        str, Query(min_length=1, max_length=200, description="The key of each task's `data` that holds the text.")
-    ] = "text",
-) -> IngestResponse:
-    """A Label Studio JSON export (a list of tasks): each task one record of ``source``, its id the
-    source id, the chosen class of its latest annotation not cancelled the label, the annotation's
-    other results in ``metadata.label_studio`` (docs/curation.md). A task that cannot be a record is
-    ``422`` naming its index and field, and nothing of the export is stored."""
-    settings: IngestSettings = request.app.state.settings
-    tasks = await _read_items(request, settings)
-    try:
-        records = tasks_to_records(tasks, source, text_field)
-    except TaskError as exc:
-        raise _invalid(str(exc), index=exc.index, field=exc.field) from exc
-    fields = {"source_id": "id", "text": f"data.{text_field}", "label": "annotations.result.value.choices"}
-    return await _accept(request, records, "tasks", fields)

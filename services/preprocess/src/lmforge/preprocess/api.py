@@ -6,13 +6,11 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request
-from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmforge.common.http import error_responses
 from lmforge.common.names import DatasetName, SourceName, VersionNumber
 
-from .label_studio import LabelAs, version_tasks_json
 from .models import DropReason
 from .splits import SplitSpec
 from .store import DatasetStore, EmptyDataset, VersionContention
@@ -150,61 +148,11 @@ async def list_versions(request: Request, name: DatasetName) -> Any:
 @router.get("/datasets/{name}/versions/{version}", response_model=DatasetManifest, responses=error_responses(404))
 async def get_version(request: Request, name: DatasetName, version: VersionNumber) -> Any:
     """The full manifest: record ids and content hashes, split counts, config, source offsets."""
-    return await _manifest(_store(request), name, version)
-
-
-async def _manifest(store: DatasetStore, name: str, version: int) -> dict[str, Any]:
+    store = _store(request)
     for v in await store.list_versions(name):
         if v["version"] == version:
             return store.manifest(v["manifest_uri"])
     raise HTTPException(404, {"code": "dataset_version_not_found", "message": f"no version {version} of {name}"})
-
-
-class LabelStudioData(BaseModel):
-    text: str = Field(description="The record's cleaned text (personal data masked).")
-    record_id: str
-    split: str
-
-
-class LabelStudioResult(BaseModel):
-    from_name: str
-    to_name: str
-    type: Literal["choices"]
-    value: dict[str, list[str]] = Field(description='`{"choices": [<label>]}`')
-
-
-class LabelStudioEntry(BaseModel):
-    model_version: str | None = Field(default=None, description="`<dataset>@v<version>` (predictions only).")
-    result: list[LabelStudioResult]
-
-
-class LabelStudioTask(BaseModel):
-    data: LabelStudioData
-    predictions: list[LabelStudioEntry] | None = Field(default=None, description="The label, if any (default).")
-    annotations: list[LabelStudioEntry] | None = Field(
-        default=None, description="The label, with `label_as=annotations`."
-    )
-
-
-@router.get(
-    "/datasets/{name}/versions/{version}/label-studio",
-    response_model=list[LabelStudioTask],
-    responses=error_responses(404),
-)
-async def export_label_studio(
-    request: Request,
-    name: DatasetName,
-    version: VersionNumber,
-    label_as: Annotated[LabelAs, Query(description="Where a record's label goes in its task.")] = "predictions",
-    from_name: Annotated[str, Query(min_length=1, max_length=100, pattern=r"^[^\x00]+$")] = "label",
-    to_name: Annotated[str, Query(min_length=1, max_length=100, pattern=r"^[^\x00]+$")] = "text",
-) -> StreamingResponse:
-    """The version's records as Label Studio tasks (a JSON array, streamed from its shards): the
-    cleaned text, record id and split, and the label as a ``choices`` result (docs/curation.md)."""
-    store = _store(request)
-    manifest = await _manifest(store, name, version)
-    chunks = version_tasks_json(store.artifacts, manifest, label_as=label_as, from_name=from_name, to_name=to_name)
-    return StreamingResponse(chunks, media_type="application/json")
 
 
 @router.get("/dropped", response_model=list[DroppedRecord])
