@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from sqlalchemy import select
 
 from lmforge.common.artifacts import ArtifactStore
 from lmforge.common.db import Database, OutboxRelay
-from lmforge.common.events import Event, content_hash
+from lmforge.common.events import Event, Split, content_hash
 from lmforge.common.http import create_app
 from lmforge.common.kafka import EventProducer, InboundMessage
 from lmforge.common.settings import KafkaSettings
@@ -34,7 +35,7 @@ from lmforge.preprocess.api import CreateVersion
 from lmforge.preprocess.cleaning import split_for
 from lmforge.preprocess.handlers import RawRecordHandler
 from lmforge.preprocess.models import cleaned_records, metadata, outbox
-from lmforge.preprocess.splits import SplitRatios, SplitSpec, time_cuts
+from lmforge.preprocess.splits import SplitRatios, SplitSpec, split_by_hash, time_cuts
 from lmforge.preprocess.store import DatasetStore
 
 from ..common.factories import raw_record
@@ -264,3 +265,14 @@ async def test_a_large_cut_is_written_in_row_groups_and_the_trainer_reads_it(
     assert [r.record_id for r in records["train"]] == [
         r["record_id"] for r in manifest["records"] if r["split"] == "train"
     ], "each shard keeps the records in the order they were cleaned"
+
+
+def test_extreme_ratios_keep_weights_small_enough_for_every_bucket() -> None:
+    """Shares are taken to a millionth: a ratio of 1e-80 must not make ``sha256 % total`` blind to
+    the later buckets (whole-number weights of 10^80 would put every record in train)."""
+    assert SplitRatios(train=1, val=1e-80, test=1).weights() == (1, 0, 1)
+    assert SplitRatios(train=1e-80, val=1, test=1).weights() == (1, 10**6, 10**6)
+    assert SplitRatios(train=7, val=2, test=1).weights() == (7, 2, 1)
+    weights = SplitRatios(train=1, val=1e-80, test=1).weights()
+    assigned = Counter(split_by_hash(f"crm:{i}", weights) for i in range(2000))
+    assert 800 < assigned[Split.TEST] < 1200 and assigned[Split.VAL] == 0

@@ -51,10 +51,18 @@ class SplitRatios(BaseModel):
         return self
 
     def weights(self) -> tuple[int, int, int]:
-        """The ratios as whole numbers in lowest terms: ``(8, 1, 1)`` for ``0.8, 0.1, 0.1``."""
-        fractions = [Fraction(repr(float(v))) for v in (self.train, self.val, self.test)]
+        """The ratios as whole numbers in lowest terms: ``(8, 1, 1)`` for ``0.8, 0.1, 0.1``.
+
+        Each split's share is taken to a millionth (``limit_denominator``), so the weights stay
+        small enough for ``sha256 % total`` to reach every bucket: a share below that is 0, except
+        train's, which keeps the smallest weight."""
+        ratios = [Fraction(repr(float(v))) for v in (self.train, self.val, self.test)]
+        total = sum(ratios)
+        fractions = [(r / total).limit_denominator(10**6) for r in ratios]
         denominator = math.lcm(*(f.denominator for f in fractions))
         whole = [int(f * denominator) for f in fractions]
+        if whole[0] == 0:  # train's share is below a millionth of the others': the smallest weight
+            whole = [1] + [w * 10**6 for w in whole[1:]]
         divisor = math.gcd(*whole)
         train, val, test = (w // divisor for w in whole)
         return train, val, test
