@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from lmforge.common.events import (
     EVENT_PAYLOADS,
@@ -101,3 +102,14 @@ def test_exported_schemas_are_up_to_date() -> None:
     stale = sorted(n for n in rendered if on_disk.get(n) != rendered[n])
     extra = sorted(set(on_disk) - set(rendered))
     assert not stale and not extra, f"docs/events is out of date (stale {stale}, extra {extra}): run `make schemas`"
+
+
+@pytest.mark.parametrize("stamp", [0, -6.4e-193, 1732500000, 1.5])
+def test_an_upstream_timestamp_is_a_date_time_string_never_a_number(stamp: float) -> None:
+    """The published schema says string (date-time); pydantic alone would read a number as Unix seconds."""
+    with pytest.raises(ValidationError, match="RFC 3339 date-time string"):
+        UpstreamRecord.model_validate({"source": "crm", "source_id": "1", "text": "hi", "timestamp": stamp})
+    ok = UpstreamRecord.model_validate(
+        {"source": "crm", "source_id": "1", "text": "hi", "timestamp": "2026-11-25T07:00:00Z"}
+    )
+    assert ok.timestamp is not None and ok.timestamp.year == 2026

@@ -11,10 +11,12 @@ service is validated into a public model (``schemas``), which leaves internal fi
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 
 from lmforge.common.events import Topic, TrainingRequestedV1
 from lmforge.common.http import error_responses, payload_too_large, public_text, upstream_records_body
@@ -138,7 +140,33 @@ async def pipeline_stats(request: Request, who: Annotated[Principal, Depends(req
     return await _downstream(request).json("preprocess", "GET", url_path("stats"), principal=who.forwarded())
 
 
-@router.get("/pipeline/dropped", response_model=list[DroppedRecord], responses=DOWNSTREAM)
+def only_query(*names: str) -> Callable[[Request], None]:
+    """A dependency: query parameters other than ``names`` are refused (422), not ignored, as
+    unknown body fields are."""
+
+    def check(request: Request) -> None:
+        unknown = [k for k in request.query_params if k not in names]
+        if unknown:
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "extra_forbidden",
+                        "loc": ("query", unknown[0][:40]),
+                        "msg": f"unknown query parameter (this route takes {', '.join(names)})",
+                        "input": request.query_params[unknown[0]][:40],
+                    }
+                ]
+            )
+
+    return check
+
+
+@router.get(
+    "/pipeline/dropped",
+    response_model=list[DroppedRecord],
+    responses=DOWNSTREAM,
+    dependencies=[Depends(only_query("reason", "record_id", "limit", "offset"))],
+)
 async def pipeline_dropped(
     request: Request,
     who: Annotated[Principal, Depends(require(Scope.DATASETS_READ))],
@@ -162,7 +190,7 @@ async def pipeline_dropped(
     offset: Annotated[int, Query(ge=0, le=MAX_DROPPED_OFFSET, description="Skip this many first.")] = 0,
 ) -> Any:
     """Records the curation pipeline dropped, oldest first, each with its reason, the operator, the
-    value it measured and the threshold (docs/curation.md). An unknown reason is ``422``."""
+    value it measured and the threshold (docs/curation.md). A reason nothing was dropped for lists nothing."""
     params: dict[str, str | int] = {"limit": limit, "offset": offset}
     if reason is not None:
         params["reason"] = reason

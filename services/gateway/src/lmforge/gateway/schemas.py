@@ -83,7 +83,7 @@ SplitRatio = Annotated[float, Field(strict=True, ge=0, le=1_000_000, allow_inf_n
 class DatasetSplitRatios(StrictBody):
     """train, val and test in proportion (``8, 1, 1`` or ``0.7, 0.2, 0.1``); train above 0."""
 
-    train: SplitRatio = Field(description="Above 0.")
+    train: Annotated[SplitRatio, Field(gt=0)] = Field(description="Above 0.")
     val: SplitRatio = Field(description="0 or more.")
     test: SplitRatio = Field(description="0 or more.")
 

@@ -11,7 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from lmforge.common.http import error_responses
 from lmforge.common.names import DatasetName, SourceName, VersionNumber
 
-from .models import DropReason
 from .splits import SplitSpec
 from .store import DatasetStore, EmptyDataset, VersionContention
 
@@ -158,7 +157,8 @@ async def get_version(request: Request, name: DatasetName, version: VersionNumbe
 @router.get("/dropped", response_model=list[DroppedRecord])
 async def list_dropped(
     request: Request,
-    reason: DropReason | None = None,
+    # Any well-formed reason: one no record was dropped for (yet) lists nothing.
+    reason: Annotated[str | None, Query(pattern=r"^[a-z][a-z0-9_]{0,31}$")] = None,
     record_id: Annotated[str | None, Query(min_length=1, max_length=401)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,

@@ -36,7 +36,7 @@ class SplitRatios(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    train: Ratio = Field(description="Above 0.")
+    train: Annotated[Ratio, Field(gt=0)] = Field(description="Above 0.")
     val: Ratio = Field(description="0 or more.")
     test: Ratio = Field(description="0 or more.")
 

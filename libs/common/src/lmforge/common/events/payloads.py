@@ -99,7 +99,16 @@ class UpstreamRecord(BaseModel):
     text: str = Field(max_length=100_000, pattern=NOT_BLANK)
     metadata: Annotated[dict[str, Any], WithJsonSchema(_METADATA_SCHEMA)] = Field(default_factory=dict)
     label: str | None = Field(default=None, max_length=200, pattern=NO_NUL)
-    timestamp: datetime | None = None
+    timestamp: datetime | None = Field(default=None, description="When the record was made: an RFC 3339 string.")
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _a_date_time_string(cls, value: Any) -> Any:
+        """JSON has no date-time type: the contract is a string. pydantic would also read a number as
+        Unix seconds, which the published schema does not allow, so a number is refused."""
+        if isinstance(value, int | float):
+            raise ValueError("an RFC 3339 date-time string, not a number")
+        return value
 
     @field_validator("metadata")
     @classmethod
