@@ -18,7 +18,6 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
-    field_serializer,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -36,6 +35,7 @@ from lmforge.common.names import (
     SourceName,
     VersionNumber,
 )
+from lmforge.common.splits import SplitSpec
 
 from .auth import Scope
 
@@ -76,44 +76,8 @@ class IngestResponse(BaseModel):
 # --- datasets --------------------------------------------------------------------------------
 
 
-# A split ratio: a number from 0 to 1,000,000 (JSON numbers only: no strings, no booleans).
-SplitRatio = Annotated[float, Field(strict=True, ge=0, le=1_000_000, allow_inf_nan=False)]
-
-
-class DatasetSplitRatios(StrictBody):
-    """train, val and test in proportion (``8, 1, 1`` or ``0.7, 0.2, 0.1``); train above 0."""
-
-    train: Annotated[SplitRatio, Field(gt=0)] = Field(description="Above 0.")
-    val: SplitRatio = Field(description="0 or more.")
-    test: SplitRatio = Field(description="0 or more.")
-
-    @model_validator(mode="after")
-    def _train_is_not_empty(self) -> DatasetSplitRatios:
-        if self.train <= 0:
-            raise PydanticCustomError(
-                "invalid_split",
-                "split ratio train must be greater than 0 (val and test may be 0)",
-                {"param": "train", "code": "invalid_split"},
-            )
-        return self
-
-    @field_serializer("train", "val", "test")
-    def _whole_numbers_as_integers(self, value: float) -> int | float:
-        return int(value) if value.is_integer() else value
-
-
-class DatasetSplit(StrictBody):
-    """How a dataset version's records are split (docs/curation.md, "Splits")."""
-
-    ratios: DatasetSplitRatios = Field(
-        default_factory=lambda: DatasetSplitRatios(train=8, val=1, test=1),
-        description="train, val and test in proportion (default 8:1:1).",
-    )
-    by: Literal["hash", "time"] = Field(
-        default="hash",
-        description="hash: by sha256(record_id), a record keeps its split in every version; time: the oldest "
-        "records train, then val, the newest test (in the order they were cleaned).",
-    )
+# How a version's records are split (docs/curation.md, "Splits"): the one model preprocess applies.
+DatasetSplit = SplitSpec
 
 
 class DatasetVersionRequest(StrictBody):

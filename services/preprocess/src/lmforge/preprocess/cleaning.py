@@ -18,9 +18,10 @@ from typing import Literal
 import ftfy
 
 from lmforge.common.events import Split
+from lmforge.common.splits import DEFAULT_RATIOS
 
 from .pii import PiiMasker, Sensitivity
-from .splits import DEFAULT_RATIOS, split_by_hash
+from .splits import split_by_hash
 
 # NFKC folds these to ASCII (，to ,); Chinese prose uses them as its punctuation, so they stay.
 # Everything else is folded: full-width letters, digits, ＠ and － become ASCII, which PII detection needs.
