@@ -30,6 +30,7 @@ PATH_VALUES = {
     "job_id": "job-0123456789ab",
     "key_id": "0123456789ab",
     "model": "support@v1",
+    "erasure_id": "0b9e6c1a-4f7d-4c3e-9a2b-5d8e7f6a1b2c",
 }
 # The OpenAI-compatible routes answer a body that fails validation with 400 (OpenAI's BadRequest).
 OPENAI_ROUTES = {"POST /v1/completions", "POST /v1/chat/completions", "GET /v1/models", "GET /v1/models/{model}"}
@@ -224,7 +225,8 @@ def test_the_route_table_is_what_the_tests_cover() -> None:
         assert found[route] == Scope.ADMIN
     assert found["GET /v1/training-jobs/{job_id}/metrics"] == Scope.TRAINING_READ
     assert found["GET /v1/pipeline/dropped"] == found["GET /v1/pipeline/stats"] == Scope.DATASETS_READ
-    assert len(found) == 20
+    assert found["POST /v1/erasures"] == found["GET /v1/erasures/{erasure_id}"] == Scope.RECORDS_ERASE
+    assert len(found) == 22
 
 
 async def test_a_405_names_every_method_of_its_path(gateway: httpx.AsyncClient) -> None:

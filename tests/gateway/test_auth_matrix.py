@@ -46,6 +46,7 @@ class World:
     model_version: int
     revocable_key_id: str  # keys for the revoke and rotate examples
     rotatable_key_id: str
+    erasure_id: str  # of a record never sent: erasing it changes nothing the other examples read
 
 
 def _wait(what: str, check: Callable[[], Any], timeout: float) -> Any:
@@ -110,6 +111,8 @@ def world(stack: Stack) -> Iterator[World]:
         models = {m["name"]: m for m in api.get("/v1/registry/models").json()}
         spare = [api.post("/v1/api-keys", json={"name": f"spare-{i}", "scopes": ["models:read"]}) for i in range(2)]
         assert all(r.status_code == 201 for r in spare), [r.text for r in spare]
+        erasure = api.post("/v1/erasures", json={"source": "crm", "source_id": "matrix-never-sent"})
+        assert erasure.status_code == 202, erasure.text
         yield World(
             stack,
             api,
@@ -118,6 +121,7 @@ def world(stack: Stack) -> Iterator[World]:
             models[MODEL]["aliases"]["production"],
             spare[0].json()["key_id"],
             spare[1].json()["key_id"],
+            erasure.json()["erasure_id"],
         )
 
 
@@ -143,6 +147,8 @@ def examples(w: World) -> dict[str, tuple[dict[str, str], dict[str, Any]]]:
             {"json": {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}},
         ),
         "POST /v1/records": ({}, {"json": {"source": "crm", "source_id": "matrix-1", "text": "Customer: hello"}}),
+        "POST /v1/erasures": ({}, {"json": {"source": "crm", "source_id": "matrix-never-sent"}}),
+        "GET /v1/erasures/{erasure_id}": ({"erasure_id": w.erasure_id}, {}),
         "POST /v1/datasets/{name}/versions": ({"name": DATASET}, {"json": {"sources": ["crm"]}}),
         "GET /v1/api-keys": ({}, {}),
         "POST /v1/api-keys": ({}, {"json": {"name": "matrix", "scopes": ["models:read"], "expires_in_s": 3600}}),

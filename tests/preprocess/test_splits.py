@@ -276,3 +276,52 @@ def test_extreme_ratios_keep_weights_small_enough_for_every_bucket() -> None:
     weights = SplitRatios(train=1, val=1e-80, test=1).weights()
     assigned = Counter(split_by_hash(f"crm:{i}", weights) for i in range(2000))
     assert 800 < assigned[Split.TEST] < 1200 and assigned[Split.VAL] == 0
+
+
+async def test_a_cancelled_cut_waits_for_its_writer_before_its_folder_goes(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled while a row group is being written: the close runs after that write, in the same
+    thread, and both are over before the cut's folder is removed; no version is claimed."""
+    import asyncio
+    import threading
+    import time
+
+    from lmforge.preprocess import store as store_module
+
+    await database.create_all(metadata)
+    store = _store(database, tmp_path)
+    store.read_chunk = 10
+    await _insert(database, range(50))
+    events: list[str] = []
+    folders: list[Path] = []
+    writing = threading.Event()
+    real_init = store_module._ShardWriter.__init__
+    real_write, real_close = store_module._ShardWriter.write, store_module._ShardWriter.close
+
+    def init(self: Any, folder: Path, row_group_size: int) -> None:
+        folders.append(folder)
+        real_init(self, folder, row_group_size)
+
+    def slow_write(self: Any, batch: Any) -> None:
+        events.append("write")
+        writing.set()
+        time.sleep(0.5)
+        real_write(self, batch)
+        events.append("written")
+
+    def close(self: Any) -> None:
+        events.append(f"close, folder there: {folders[0].exists()}")
+        real_close(self)
+
+    monkeypatch.setattr(store_module._ShardWriter, "__init__", init)
+    monkeypatch.setattr(store_module._ShardWriter, "write", slow_write)
+    monkeypatch.setattr(store_module._ShardWriter, "close", close)
+    cut = asyncio.create_task(store.create_version("tickets"))
+    await asyncio.to_thread(writing.wait, 10)
+    cut.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cut
+    assert events == ["write", "written", "close, folder there: True"], events
+    assert not folders[0].exists(), "the cut's folder is removed once its writer is done"
+    assert await store.list_versions("tickets") == []

@@ -133,6 +133,11 @@ class ArtifactStore:
             raise ArtifactNotFound(f"artifact {key!r} not found in {self.url}") from exc
         return Path(local_path)
 
+    def put_file(self, local_path: Path, key: str) -> str:
+        """Upload one local file as ``key``, streamed (a local store replaces it atomically)."""
+        self._put([(Path(local_path), self.path(key))])
+        return self.uri(key)
+
     def put_dir(self, local_dir: Path, key: str) -> str:
         """Upload a local folder's files under ``key``."""
         local_dir = Path(local_dir)

@@ -351,9 +351,12 @@ class CallerPrincipal(BaseModel):
 def caller_principal(
     value: Annotated[
         str | None,
+        # Not in the services' OpenAPI documents: only the gateway sets it (docs/security.md), and
+        # a header schema cannot say which strings are a principal's JSON.
         Header(
             alias=PRINCIPAL_HEADER,
             description='The API key the gateway authenticated: `{"key_id": ..., "name": ...}`; set by the gateway.',
+            include_in_schema=False,
         ),
     ] = None,
 ) -> CallerPrincipal | None:

@@ -2,7 +2,8 @@
 
 1. generate a synthetic support-ticket corpus (duplicates, HTML noise, emails, phone numbers) and
 Chinese tickets full of personal data; 2. send them through the gateway; 3. cut a dataset version
-of each source (the Chinese one shows what was masked); 4. request LoRA fine-tuning of
+of each source (the Chinese one shows what was masked; one Chinese ticket is then erased on its
+customer's request and leaves that version); 4. request LoRA fine-tuning of
 SmolLM2-135M-Instruct; 5. wait for registration, promotion and deployment; 6. ask the questions
 that no record holds (``support_corpus``: paraphrases of each intent); 7. score the answers
 against each intent's reference, and show the model version, its lineage and the trace ids.
@@ -56,6 +57,8 @@ class DemoResult:
     # The Chinese tickets' dataset version: (name, version), and what was masked in it.
     zh_dataset: tuple[str, int] = ("", 0)
     zh_masked: dict[str, int] = field(default_factory=dict)
+    # A Chinese ticket erased on its customer's request after that version was cut: its audit trail.
+    erasure: dict[str, Any] = field(default_factory=dict)
     held_out_correct: int = 0
     held_out_total: int = 0
     timings: dict[str, float] = field(default_factory=dict)
@@ -73,6 +76,25 @@ def wait_for(
         time.sleep(interval)
         last = what
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {last}")
+
+
+def erase(api: httpx.Client, record: dict[str, Any], say: Callable[[str], None]) -> dict[str, Any]:
+    """Erase one record on its data subject's request, and wait until preprocess has applied it."""
+    resp = api.post("/v1/erasures", json={"source": record["source"], "source_id": record["source_id"]})
+    resp.raise_for_status()
+    erasure_id = resp.json()["erasure_id"]
+
+    def applied() -> Any:
+        trail = api.get(f"/v1/erasures/{erasure_id}").json()
+        return trail if trail["status"] == "applied" else None
+
+    trail: dict[str, Any] = wait_for("the erasure", applied, 60, say)
+    versions = ", ".join(f"{v['dataset']} v{v['version']}" for v in trail["dataset_versions"]) or "no version"
+    say(
+        f"   erased {trail['record_id']} on request: {trail['raw_records_erased']} raw and "
+        f"{trail['cleaned_records_erased']} cleaned record(s) deleted, taken out of {versions}"
+    )
+    return trail
 
 
 def run_demo(
@@ -119,6 +141,9 @@ def run_demo(
             f"3. dataset version {ZH_DATASET} v{zh['version']} (source crm-cn): {zh['record_count']} records, "
             f"masked {zh['masked']}; by sensitivity {zh['sensitivity']}"
         )
+        erasure = erase(api, zh_tickets[0][0], say)
+        zh = api.get(f"/v1/datasets/{ZH_DATASET}/versions/{zh['version']}").json()
+        say(f"   {ZH_DATASET} v{zh['version']} now: {zh['record_count']} records, masked {zh['masked']}")
         resp = api.post(f"/v1/datasets/{DATASET}/versions", json={"sources": ["crm"]})
         resp.raise_for_status()
         dataset = resp.json()
@@ -227,6 +252,7 @@ def run_demo(
         trace_ids=traces,
         zh_dataset=(ZH_DATASET, zh["version"]),
         zh_masked=zh["masked"],
+        erasure=erasure,
         held_out_correct=correct,
         held_out_total=len(questions),
         timings=timings,

@@ -15,20 +15,21 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 
-from lmforge.common.events import Topic, TrainingRequestedV1
+from lmforge.common.events import ErasureRequest, Topic, TrainingRequestedV1
 from lmforge.common.http import error_responses, payload_too_large, public_text, upstream_records_body
 from lmforge.common.kafka import EventProducer
 from lmforge.common.names import NO_NUL_PATTERN, AliasName, DatasetName, JobId, ModelName, VersionNumber, url_path
 
 from . import store
 from .auth import AuthenticatedRoute, Principal, Scope, digest, format_key, new_key, new_secret, require
-from .downstream import Downstream
+from .downstream import Downstream, PassThrough
 from .quotas import Quotas
 from .schemas import (
     DROP_REASON_PATTERN,
+    ERASURE_ID_PATTERN,
     MAX_DROPPED_OFFSET,
     MAX_DROPPED_PAGE,
     MAX_RECORD_ID_CHARS,
@@ -42,6 +43,7 @@ from .schemas import (
     DatasetVersion,
     DatasetVersionRequest,
     DroppedRecord,
+    Erasure,
     IngestResponse,
     Lineage,
     MetricHistory,
@@ -95,6 +97,47 @@ async def post_records(request: Request, who: Annotated[Principal, Depends(requi
     )
 
 
+@router.post("/erasures", status_code=202, response_model=Erasure, responses=DOWNSTREAM)
+async def post_erasure(
+    request: Request, body: ErasureRequest, who: Annotated[Principal, Depends(require(Scope.RECORDS_ERASE))]
+) -> Any:
+    """Erase a source record, by ``source`` and ``source_id``: ingest deletes its raw rows at once
+    and keeps an audit entry naming the caller's key; the erasure then flows as an event through
+    preprocess, which removes the cleaned text, the dedup entries and the record's rows in every
+    dataset version. ``202`` once the event is on the broker: follow it at ``GET /v1/erasures/{id}``.
+    A record never seen is erased all the same (nothing to delete, an audit entry all the same)."""
+    entry = await _downstream(request).json(
+        "ingest", "POST", url_path("erasures"), principal=who.forwarded(), json=body.model_dump()
+    )
+    return entry | {"status": "requested"}
+
+
+@router.get("/erasures/{erasure_id}", response_model=Erasure, responses=error_responses(404) | DOWNSTREAM)
+async def get_erasure(
+    request: Request,
+    erasure_id: Annotated[str, Path(pattern=ERASURE_ID_PATTERN)],
+    who: Annotated[Principal, Depends(require(Scope.RECORDS_ERASE))],
+) -> Any:
+    """An erasure's audit trail: requested at ingest, then applied at preprocess (what it removed)."""
+    downstream = _downstream(request)
+    entry = await downstream.json("ingest", "GET", url_path("erasures", erasure_id), principal=who.forwarded())
+    try:
+        applied = await downstream.json(
+            "preprocess", "GET", url_path("erasures", erasure_id), principal=who.forwarded()
+        )
+    except PassThrough as exc:
+        if exc.resp.status_code != 404:
+            raise
+        return entry | {"status": "requested"}
+    return entry | {
+        "status": "applied",
+        **{
+            k: applied[k]
+            for k in ("applied_at", "cleaned_records_erased", "dropped_records_erased", "dataset_versions")
+        },
+    }
+
+
 @router.post(
     "/datasets/{name}/versions",
     status_code=201,
@@ -142,7 +185,8 @@ async def pipeline_stats(request: Request, who: Annotated[Principal, Depends(req
 
 def only_query(*names: str) -> Callable[[Request], None]:
     """A dependency: query parameters other than ``names`` are refused (422), not ignored, as
-    unknown body fields are."""
+    unknown body fields are; so is one of them given twice (each takes one value, and which of
+    the two would count is not for the server to guess)."""
 
     def check(request: Request) -> None:
         unknown = [k for k in request.query_params if k not in names]
@@ -154,6 +198,18 @@ def only_query(*names: str) -> Callable[[Request], None]:
                         "loc": ("query", unknown[0][:40]),
                         "msg": f"unknown query parameter (this route takes {', '.join(names)})",
                         "input": request.query_params[unknown[0]][:40],
+                    }
+                ]
+            )
+        repeated = [k for k in names if len(request.query_params.getlist(k)) > 1]
+        if repeated:
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "too_long",
+                        "loc": ("query", repeated[0]),
+                        "msg": "given more than once: this parameter takes one value",
+                        "input": request.query_params.getlist(repeated[0])[:3],
                     }
                 ]
             )

@@ -43,6 +43,7 @@ BOOTSTRAP_KEY_NAME = "bootstrap-admin"
 
 class Scope(StrEnum):
     RECORDS_WRITE = "records:write"
+    RECORDS_ERASE = "records:erase"
     DATASETS_WRITE = "datasets:write"
     DATASETS_READ = "datasets:read"
     TRAINING_WRITE = "training:write"

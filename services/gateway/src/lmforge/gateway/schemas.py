@@ -73,6 +73,39 @@ class IngestResponse(BaseModel):
     records: list[RecordResult]
 
 
+# --- erasure ---------------------------------------------------------------------------------
+
+ERASURE_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+
+
+class ErasedFromVersion(BaseModel):
+    dataset: str
+    version: int = Field(ge=1)
+
+
+class Erasure(BaseModel):
+    """An erasure and its audit trail (docs/curation.md, "Erasure"). No text is kept anywhere.
+
+    ``requested``: ingest deleted the raw rows and the event is on its way; ``applied``:
+    preprocess removed the cleaned rows, the dedup entries and the record's rows in dataset versions.
+    """
+
+    erasure_id: str = Field(pattern=ERASURE_ID_PATTERN)
+    record_id: str = Field(description="`<source>:<source id>`")
+    source: str
+    source_id: str
+    status: Literal["requested", "applied"]
+    requested_at: datetime
+    requested_by: str | None = Field(description="The API key (name and id) that asked; null: an operator.")
+    raw_records_erased: int = Field(ge=0, description="Raw rows (one per distinct text received) deleted at ingest.")
+    applied_at: datetime | None = Field(default=None, description="When preprocess applied it.")
+    cleaned_records_erased: int | None = Field(default=None, ge=0)
+    dropped_records_erased: int | None = Field(default=None, ge=0)
+    dataset_versions: list[ErasedFromVersion] | None = Field(
+        default=None, description="Dataset versions the record was taken out of (shards and manifest)."
+    )
+
+
 # --- datasets --------------------------------------------------------------------------------
 
 
@@ -105,6 +138,9 @@ class ManifestRecord(BaseModel):
     recipe: str | None = Field(
         default=None, description="The hash of the recipe that cleaned it (null: before recipes)."
     )
+    masked: dict[str, int] | None = Field(
+        default=None, description="Personal data masked in it, by type (absent: nothing, or an older version)."
+    )
 
 
 class SupersededRecord(BaseModel):
@@ -116,6 +152,12 @@ class RecipeReference(BaseModel):
     name: str
     version: int
     hash: str
+
+
+class VersionErasure(BaseModel):
+    erasure_id: str
+    records: int = Field(ge=0, description="Records taken out of the shards and the manifest.")
+    superseded: int = Field(ge=0, description="Entries taken out of the superseded list.")
 
 
 class DatasetManifest(DatasetVersion):
@@ -143,6 +185,9 @@ class DatasetManifest(DatasetVersion):
     )
     sensitivity: dict[str, int] = Field(
         default_factory=dict, description="Records by sensitivity level (none, low, high): the highest found in each."
+    )
+    erased: list[VersionErasure] = Field(
+        default_factory=list, description="Erasures that took records out of this version after it was cut."
     )
 
 

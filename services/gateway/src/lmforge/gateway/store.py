@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import CursorResult, or_, select, update
 
-from lmforge.common.db import Database, insert_ignoring_conflicts
+from lmforge.common.db import Database, as_utc, insert_ignoring_conflicts
 
 from .models import api_keys
 
@@ -52,15 +52,8 @@ class ApiKeyRow:
         return self.expires_at is not None and self.expires_at <= now
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    """SQLite hands timestamps back without their zone; they were written in UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
 def _key(row: Any) -> ApiKeyRow:
-    created_at = _utc(row.created_at)
+    created_at = as_utc(row.created_at)
     assert created_at is not None
     return ApiKeyRow(
         key_id=row.key_id,
@@ -68,10 +61,10 @@ def _key(row: Any) -> ApiKeyRow:
         secret_sha256=row.secret_sha256,
         scopes=tuple(row.scopes),
         created_at=created_at,
-        expires_at=_utc(row.expires_at),
-        revoked_at=_utc(row.revoked_at),
-        rotated_at=_utc(row.rotated_at),
-        last_used_at=_utc(row.last_used_at),
+        expires_at=as_utc(row.expires_at),
+        revoked_at=as_utc(row.revoked_at),
+        rotated_at=as_utc(row.rotated_at),
+        last_used_at=as_utc(row.last_used_at),
         bootstrap=bool(row.bootstrap),
         requests_per_minute=row.requests_per_minute,
         completion_tokens_per_day=row.completion_tokens_per_day,

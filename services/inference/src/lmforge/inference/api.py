@@ -8,14 +8,14 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from lmforge.common.db import Database
+from lmforge.common.db import Database, as_utc
 from lmforge.common.http import error_responses
 from lmforge.common.names import AliasName, ModelName
 
@@ -382,9 +382,7 @@ async def served_models(request: Request) -> list[ServedModel]:
 
 
 def _unix(moment: datetime) -> int:
-    if moment.tzinfo is None:  # SQLite hands back naive datetimes; they were written in UTC
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp())
+    return int(as_utc(moment).timestamp())
 
 
 @router.get("/deployments", response_model=list[DeploymentState])

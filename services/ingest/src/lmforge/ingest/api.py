@@ -1,4 +1,5 @@
 """``POST /records``: one record, a JSON array, or JSONL (body or multipart file upload).
+``POST /erasures``: erase a source record; ``GET /erasures/{erasure_id}``: its audit entry.
 
 The route reads its body itself, to take all three formats; its OpenAPI entry still declares
 the record schema for each (``upstream_records_body``). Every failure to read the body is a 4xx
@@ -8,16 +9,23 @@ that says why: not UTF-8, not JSON, too large, an unknown content type.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Request
-from pydantic import BaseModel, ValidationError
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
+from pydantic import BaseModel, Field, ValidationError
 
-from lmforge.common.events import UpstreamRecord
-from lmforge.common.http import error_responses, payload_too_large, upstream_records_body
+from lmforge.common.events import ErasureRequest, UpstreamRecord
+from lmforge.common.http import (
+    CallerPrincipal,
+    caller_principal,
+    error_responses,
+    payload_too_large,
+    upstream_records_body,
+)
 
 from .settings import IngestSettings
-from .store import RawRecordStore
+from .store import Erasure, RawRecordStore
 
 router = APIRouter()
 
@@ -139,3 +147,43 @@ async def post_records(request: Request) -> IngestResponse:
         duplicates=len(results) - accepted,
         records=[RecordResult(record_id=r.record_id, status=r.status, event_id=r.event_id) for r in results],
     )
+
+
+class ErasureEntry(BaseModel):
+    """An erasure's audit entry at ingest: who asked, when, and how many raw rows went. No text."""
+
+    erasure_id: str
+    record_id: str
+    source: str
+    source_id: str
+    requested_at: datetime
+    requested_by: str | None = Field(description="The API key (name and id) that asked; null: an operator.")
+    raw_records_erased: int = Field(description="Raw rows (one per distinct text received) deleted.")
+    published_at: datetime | None = Field(description="When the erasure event reached the broker.")
+
+
+def _entry(erasure: Erasure) -> ErasureEntry:
+    return ErasureEntry.model_validate(erasure, from_attributes=True)
+
+
+@router.post("/erasures", status_code=202, response_model=ErasureEntry, responses=error_responses(400, 503))
+async def post_erasure(
+    request: Request,
+    body: ErasureRequest,
+    who: Annotated[CallerPrincipal | None, Depends(caller_principal)],
+) -> ErasureEntry:
+    """Erase a source record: its raw rows are deleted at once, with an audit entry, and
+    ``lmforge.record.erased.v1`` goes downstream. ``202`` once the broker acknowledged it;
+    ``503`` if it did not (the rows are gone already, and the event is published later)."""
+    store: RawRecordStore = request.app.state.store
+    requested_by = f"{who.name} ({who.key_id})" if who is not None else None
+    return _entry(await store.erase(body.source, body.source_id, requested_by))
+
+
+@router.get("/erasures/{erasure_id}", response_model=ErasureEntry, responses=error_responses(404))
+async def get_erasure(request: Request, erasure_id: Annotated[str, Path(max_length=64)]) -> ErasureEntry:
+    store: RawRecordStore = request.app.state.store
+    erasure = await store.erasure(erasure_id)
+    if erasure is None:
+        raise HTTPException(404, {"code": "erasure_not_found", "message": f"no erasure {erasure_id}"})
+    return _entry(erasure)

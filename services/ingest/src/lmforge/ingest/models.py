@@ -25,3 +25,19 @@ raw_records = Table(
     Column("published_at", DateTime(timezone=True), nullable=True),
     UniqueConstraint("source", "source_id", "content_hash", name="uq_raw_records_content"),
 )
+
+# Erasure requests (a data subject's right to erasure): the audit entry of each, and the event
+# that carries it downstream. The raw rows are deleted in the same transaction; no text is kept.
+erasures = Table(
+    "erasures",
+    metadata,
+    Column("erasure_id", String(64), primary_key=True),
+    Column("record_id", String(401), nullable=False, index=True),
+    Column("source", String(200), nullable=False),
+    Column("source_id", String(200), nullable=False),
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+    Column("requested_by", String(300), nullable=True),  # the API key (name and id); null: an operator
+    Column("raw_records_erased", Integer, nullable=False),
+    Column("event_id", String(64), nullable=False, unique=True),
+    Column("published_at", DateTime(timezone=True), nullable=True, index=True),
+)

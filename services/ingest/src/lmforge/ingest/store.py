@@ -7,13 +7,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 
-from lmforge.common.db import Database, insert_ignoring_conflicts
-from lmforge.common.events import Event, RawRecordV1, Topic, UpstreamRecord, content_hash, record_key
+from lmforge.common.db import Database, as_utc, insert_ignoring_conflicts
+from lmforge.common.events import (
+    Event,
+    RawRecordV1,
+    RecordErasedV1,
+    Topic,
+    UpstreamRecord,
+    content_hash,
+    record_key,
+)
 from lmforge.common.kafka import EventProducer
 
-from .models import raw_records
+from .models import erasures, raw_records
 
 
 @dataclass(frozen=True)
@@ -21,6 +29,21 @@ class IngestResult:
     record_id: str
     status: Literal["accepted", "duplicate"]
     event_id: str
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """An erasure request as ingest keeps it: the audit entry, without any text."""
+
+    erasure_id: str
+    record_id: str
+    source: str
+    source_id: str
+    requested_at: datetime
+    requested_by: str | None
+    raw_records_erased: int
+    event_id: str
+    published_at: datetime | None
 
 
 class RecordTooLarge(ValueError):
@@ -120,12 +143,71 @@ class RawRecordStore:
             ids = [r.id for r in rows]
             await session.execute(update(t).where(t.c.id.in_(ids)).values(published_at=datetime.now(UTC)))
 
+    async def erase(self, source: str, source_id: str, requested_by: str | None) -> Erasure:
+        """Delete every raw row of the record and keep an audit entry, in one transaction; then
+        publish ``lmforge.record.erased.v1`` to ``raw-data`` (keyed like the record) and return
+        once the broker acknowledged it. ``BrokerUnavailable``: the rows are already gone and the
+        entry waits unpublished; the sweeper publishes it (or a retry of the request does: erasing
+        a record that has no rows left is a new entry that deletes nothing and is published too).
+        """
+        record_id = record_key(source, source_id)
+        row = {
+            "erasure_id": str(uuid.uuid4()),
+            "record_id": record_id,
+            "source": source,
+            "source_id": source_id,
+            "requested_at": datetime.now(UTC),
+            "requested_by": requested_by,
+            "event_id": str(uuid.uuid4()),
+            "published_at": None,
+        }
+        t = raw_records
+        async with self.db.sessions.begin() as session:
+            deleted = await session.execute(delete(t).where(t.c.source == source, t.c.source_id == source_id))
+            row["raw_records_erased"] = deleted.rowcount or 0  # type: ignore[attr-defined]
+            await session.execute(erasures.insert().values(**row))
+        erasure = Erasure(**row)  # type: ignore[arg-type]
+        return await self._publish_erasures([erasure]) or erasure
+
+    async def erasure(self, erasure_id: str) -> Erasure | None:
+        async with self.db.sessions() as session:
+            row = (await session.execute(select(erasures).where(erasures.c.erasure_id == erasure_id))).first()
+        return _erasure(row) if row is not None else None
+
+    async def _publish_erasures(self, entries: list[Erasure]) -> Erasure | None:
+        """Publish erasure events with their fixed ids, then mark them; returns the last, marked."""
+        events = [
+            (
+                e.record_id,
+                Event(
+                    data=RecordErasedV1(
+                        erasure_id=e.erasure_id,
+                        record_id=e.record_id,
+                        source=e.source,
+                        source_id=e.source_id,
+                        requested_at=e.requested_at,
+                        requested_by=e.requested_by,
+                    ),
+                    source=self.producer.source,
+                    id=e.event_id,
+                    subject=e.record_id,
+                ),
+            )
+            for e in entries
+        ]
+        await self.producer.publish_many(Topic.RAW_DATA, events)  # type: ignore[arg-type]
+        now = datetime.now(UTC)
+        async with self.db.sessions.begin() as session:
+            ids = [e.erasure_id for e in entries]
+            await session.execute(update(erasures).where(erasures.c.erasure_id.in_(ids)).values(published_at=now))
+        return Erasure(**{**entries[-1].__dict__, "published_at": now}) if entries else None
+
     async def publish_stranded(self, older_than_s: float, limit: int) -> tuple[int, float]:
         """Publish rows stored but never acknowledged (their request got a 503, or the process
-        died between commit and ack), oldest first. Rows younger than ``older_than_s`` are left to
-        the request that is publishing them. Returns (published, age in seconds of the oldest
-        unpublished row left, 0 if none)."""
-        t = raw_records
+        died between commit and ack), oldest first: raw records, then erasure requests. Rows
+        younger than ``older_than_s`` are left to the request that is publishing them. Returns
+        (published, age in seconds of the oldest unpublished row left, 0 if none)."""
+        t, e = raw_records, erasures
         cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
         async with self.db.sessions() as session:
             rows = (
@@ -133,22 +215,40 @@ class RawRecordStore:
                     select(t).where(t.c.published_at.is_(None), t.c.ingested_at < cutoff).order_by(t.c.id).limit(limit)
                 )
             ).all()
+            stranded_erasures = (
+                await session.execute(
+                    select(e)
+                    .where(e.c.published_at.is_(None), e.c.requested_at < cutoff)
+                    .order_by(e.c.requested_at)
+                    .limit(limit)
+                )
+            ).all()
         if rows:
             await self._publish(list(rows))
-        return len(rows), await self.oldest_unpublished_age_s()
+        if stranded_erasures:
+            await self._publish_erasures([_erasure(r) for r in stranded_erasures])
+        return len(rows) + len(stranded_erasures), await self.oldest_unpublished_age_s()
 
     async def oldest_unpublished_age_s(self) -> float:
-        t = raw_records
+        t, e = raw_records, erasures
         async with self.db.sessions() as session:
-            oldest = (
+            oldest_record = (
                 await session.execute(select(func.min(t.c.ingested_at)).where(t.c.published_at.is_(None)))
             ).scalar_one_or_none()
-        return _age_s(oldest)
+            oldest_erasure = (
+                await session.execute(select(func.min(e.c.requested_at)).where(e.c.published_at.is_(None)))
+            ).scalar_one_or_none()
+        return max(_age_s(oldest_record), _age_s(oldest_erasure))
+
+
+def _erasure(row: Any) -> Erasure:
+    found = dict(row._mapping)
+    return Erasure(
+        **found | {"requested_at": as_utc(found["requested_at"]), "published_at": as_utc(found["published_at"])}
+    )
 
 
 def _age_s(at: datetime | None) -> float:
     if at is None:
         return 0.0
-    if at.tzinfo is None:  # SQLite hands back naive datetimes
-        at = at.replace(tzinfo=UTC)
-    return max(0.0, (datetime.now(UTC) - at).total_seconds())
+    return max(0.0, (datetime.now(UTC) - as_utc(at)).total_seconds())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, HTTPException, Query, Request
+from fastapi import APIRouter, Body, HTTPException, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmforge.common.http import error_responses
@@ -52,12 +52,40 @@ class ManifestRecord(BaseModel):
     recipe: str | None = Field(
         default=None, description="The hash of the recipe that cleaned it (null: cleaned before recipes)."
     )
+    masked: dict[str, int] | None = Field(
+        default=None, description="Personal data masked in it, by type (absent: nothing, or an older version)."
+    )
 
 
 class RecipeReference(BaseModel):
     name: str
     version: int
     hash: str = Field(description="SHA-256 of the recipe's canonical JSON: the manifest's config_hash.")
+
+
+class VersionErasure(BaseModel):
+    erasure_id: str
+    records: int = Field(description="Records taken out of the shards and the manifest.")
+    superseded: int = Field(description="Entries taken out of the manifest's superseded list.")
+
+
+class ErasureApplied(BaseModel):
+    """An erasure's audit entry at preprocess: what was removed here. No text."""
+
+    erasure_id: str
+    record_id: str
+    requested_at: datetime
+    requested_by: str | None
+    applied_at: datetime
+    cleaned_records_erased: int
+    dropped_records_erased: int
+    events_forgotten: int = Field(description="Outbox rows of its cleaned-data events deleted (published or not).")
+    dataset_versions: list[DatasetVersionRef] = Field(description="Versions it was taken out of.")
+
+
+class DatasetVersionRef(BaseModel):
+    dataset: str
+    version: int
 
 
 class DatasetManifest(BaseModel):
@@ -86,6 +114,9 @@ class DatasetManifest(BaseModel):
     masked: dict[str, int] = Field(default_factory=dict, description="Personal data masked, by type (newer versions).")
     sensitivity: dict[str, int] = Field(
         default_factory=dict, description="Records by sensitivity level: none, low, high (newer versions)."
+    )
+    erased: list[VersionErasure] = Field(
+        default_factory=list, description="Erasures that took records out of this version after it was cut."
     )
 
 
@@ -170,3 +201,12 @@ async def list_dropped(
 @router.get("/stats", response_model=PipelineStats)
 async def stats(request: Request) -> Any:
     return await _store(request).stats()
+
+
+@router.get("/erasures/{erasure_id}", response_model=ErasureApplied, responses=error_responses(404))
+async def get_erasure(request: Request, erasure_id: Annotated[str, Path(max_length=64)]) -> Any:
+    """What an erasure removed here; ``404`` until it has been applied."""
+    entry = await _store(request).erasure(erasure_id)
+    if entry is None:
+        raise HTTPException(404, {"code": "erasure_not_found", "message": f"erasure {erasure_id} not applied here"})
+    return entry

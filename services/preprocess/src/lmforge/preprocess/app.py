@@ -29,14 +29,15 @@ def build_app(settings: PreprocessSettings | None = None) -> FastAPI:
         settings, migrations=MIGRATIONS, outbox=outbox, produces=[Topic.CLEANED_DATA, Topic.DATASET_EVENTS]
     )
     assert runtime.relay is not None
+    datasets = DatasetStore(runtime.db, runtime.artifacts, runtime.relay, near_dups, recipe)
     runtime.consume(
         settings.consumer_group,
         [Topic.RAW_DATA],
-        RawRecordHandler(runtime.db, settings.consumer_group, runtime.relay, pipeline, near_dups),
+        RawRecordHandler(runtime.db, settings.consumer_group, runtime.relay, pipeline, near_dups, datasets),
     )
     app = create_app("preprocess", lifespan=runtime.lifespan, readiness=runtime.readiness(), internal=settings.internal)
     app.state.settings, app.state.runtime = settings, runtime
-    app.state.datasets = DatasetStore(runtime.db, runtime.artifacts, runtime.relay, near_dups, recipe)
+    app.state.datasets = datasets
     app.include_router(api.router)
     return app
 

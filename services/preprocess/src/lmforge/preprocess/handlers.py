@@ -1,29 +1,39 @@
-"""``raw-data`` -> the recipe (clean, filter, mask), de-duplicate, split -> ``cleaned-data`` (through the outbox)."""
+"""``raw-data`` -> the recipe (clean, filter, mask), de-duplicate, split -> ``cleaned-data`` (through the outbox).
+
+An erasure on ``raw-data`` (``lmforge.record.erased.v1``) removes the record from every store here
+and is passed on to ``cleaned-data`` (docs/curation.md, "Erasure").
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import cast
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from lmforge.common.db import Database, OutboxRelay
-from lmforge.common.events import CleanedRecordV1, RawRecordV1, Topic, content_hash
+from lmforge.common.db import Database, OutboxRelay, insert_ignoring_conflicts
+from lmforge.common.events import CleanedRecordV2, Event, RawRecordV1, RecordErasedV1, Topic, content_hash
 from lmforge.common.kafka import InboundMessage
+from lmforge.common.telemetry import get_logger
 
 from .cleaning import split_for
-from .models import DropReason, cleaned_records, dropped_records, inbox, outbox
+from .models import DropReason, cleaned_records, dropped_records, erasures, inbox, outbox
 from .near_dup import OPERATOR as NEAR_DUP_OPERATOR
 from .near_dup import NearDuplicate, NearDuplicateIndex
 from .recipe import Pipeline, default_pipeline
+from .store import DatasetStore
+
+log = get_logger(__name__)
 
 
 class RawRecordHandler:
     """One transaction per record: inbox claim, then the record kept or dropped with its reason.
 
     ``pipeline`` is the recipe that cleans, filters and masks (default: the shipped recipe);
-    ``near_dups`` is the near-duplicate index (None: only exact duplicates are dropped).
+    ``near_dups`` is the near-duplicate index (None: only exact duplicates are dropped);
+    ``datasets`` is where an erasure takes the record out of dataset versions (None: no versions,
+    for tests without an artifact store).
     """
 
     def __init__(
@@ -33,8 +43,10 @@ class RawRecordHandler:
         relay: OutboxRelay,
         pipeline: Pipeline | None = None,
         near_dups: NearDuplicateIndex | None = None,
+        datasets: DatasetStore | None = None,
     ) -> None:
         self.db = db
+        self.datasets = datasets
         self.group = group
         self.relay = relay
         self.pipeline = pipeline or default_pipeline()
@@ -42,7 +54,10 @@ class RawRecordHandler:
         self.near_dups = near_dups
 
     async def __call__(self, msg: InboundMessage) -> None:
-        event = msg.event(RawRecordV1)
+        event = msg.event((RawRecordV1, RecordErasedV1))
+        if isinstance(event.data, RecordErasedV1):
+            await self._erase(event)
+            return
         raw: RawRecordV1 = event.data
         outcome = self.pipeline.run(raw.text)
         text, masked, filtered = outcome.text, outcome.masked, outcome.dropped
@@ -52,6 +67,9 @@ class RawRecordHandler:
         now = datetime.now(UTC)
         async with self.db.sessions.begin() as session:
             if not await inbox.claim(session, self.group, event.id):
+                return
+            if await self._erased_since(session, raw):
+                log.info("raw record erased after it was ingested: ignored", record_id=raw.record_id)
                 return
             if not text:  # measured: characters left after cleaning
                 await self._drop(session, event.id, raw.record_id, now, "empty", "clean_text", 0.0, 1.0)
@@ -108,7 +126,7 @@ class RawRecordHandler:
                     await session.execute(delete(cleaned_records).where(cleaned_records.c.id == cleaned_id))
                     await self._drop_near_duplicate(session, event.id, raw.record_id, near, now)
                     return
-            cleaned = CleanedRecordV1(
+            cleaned = CleanedRecordV2(
                 record_id=raw.record_id,
                 source=raw.source,
                 source_id=raw.source_id,
@@ -119,9 +137,73 @@ class RawRecordHandler:
                 label=raw.label,
                 metadata=raw.metadata,
                 masked_entities=masked,
+                sensitivity=outcome.sensitivity.value,
+                recipe_hash=self.recipe_hash,
             )
             await outbox.add(session, Topic.CLEANED_DATA, cleaned, key=raw.record_id, subject=raw.record_id)
         self.relay.wake()
+
+    async def _erased_since(self, session: AsyncSession, raw: RawRecordV1) -> bool:
+        """Whether the record was erased after this copy of it was ingested (a late delivery)."""
+        t = erasures
+        found = await session.execute(
+            select(t.c.erasure_id).where(t.c.record_id == raw.record_id, t.c.requested_at >= raw.ingested_at).limit(1)
+        )
+        return found.first() is not None
+
+    async def _erase(self, event: Event[RecordErasedV1]) -> None:
+        """Remove the record from every store here, in three idempotent steps (a redelivery after a
+        crash between them repeats them; the inbox is claimed in the last):
+
+        1. delete its cleaned rows (their near-duplicate band rows go with them), its dropped rows
+           and the outbox rows of its ``cleaned-data`` events (their values hold its text), and
+           write the audit entry;
+        2. take it out of every dataset version that holds it (shards and manifest);
+        3. name those versions in the audit entry, claim the event, and pass the erasure on to
+           ``cleaned-data``.
+        """
+        erased: RecordErasedV1 = event.data
+        record_id = erased.record_id
+        async with self.db.sessions() as session:
+            if await inbox.seen(session, self.group, event.id):
+                return
+        now = datetime.now(UTC)
+        async with self.db.sessions.begin() as session:
+            cleaned = await session.execute(delete(cleaned_records).where(cleaned_records.c.record_id == record_id))
+            dropped = await session.execute(delete(dropped_records).where(dropped_records.c.record_id == record_id))
+            forgotten = await outbox.forget(session, topic=Topic.CLEANED_DATA, key=record_id)
+            await session.execute(
+                insert_ignoring_conflicts(
+                    self.db.dialect,
+                    erasures,
+                    {
+                        "erasure_id": erased.erasure_id,
+                        "record_id": record_id,
+                        "requested_at": erased.requested_at,
+                        "requested_by": erased.requested_by,
+                        "applied_at": now,
+                        "cleaned_records_erased": cleaned.rowcount or 0,  # type: ignore[attr-defined]
+                        "dropped_records_erased": dropped.rowcount or 0,  # type: ignore[attr-defined]
+                        "events_forgotten": forgotten,
+                        "dataset_versions": [],
+                    },
+                )
+            )
+        versions = (
+            await self.datasets.remove_from_versions({record_id}, erased.erasure_id)
+            if self.datasets is not None
+            else []
+        )
+        async with self.db.sessions.begin() as session:
+            if not await inbox.claim(session, self.group, event.id):
+                return
+            if versions:
+                await session.execute(
+                    update(erasures).where(erasures.c.erasure_id == erased.erasure_id).values(dataset_versions=versions)
+                )
+            await outbox.add(session, Topic.CLEANED_DATA, erased, key=record_id, subject=record_id)
+        self.relay.wake()
+        log.info("record erased", record_id=record_id, erasure_id=erased.erasure_id, dataset_versions=len(versions))
 
     async def _drop_near_duplicate(
         self, session: AsyncSession, event_id: str, record_id: str, near: NearDuplicate, now: datetime

@@ -121,3 +121,21 @@ dataset_versions = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("dataset", "version", name="uq_dataset_version"),
 )
+
+# Erasures applied here (a source record erased at ingest, ``lmforge.record.erased.v1``): the audit
+# entry of each, without text. A raw event for the record ingested before ``requested_at`` is
+# ignored, so a late or repeated delivery cannot bring the text back. ``dataset_versions`` lists
+# the versions (``{"dataset", "version"}``) whose shards and manifest the record was removed from.
+erasures = Table(
+    "erasures",
+    metadata,
+    Column("erasure_id", String(64), primary_key=True),
+    Column("record_id", String(401), nullable=False, index=True),
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+    Column("requested_by", String(300), nullable=True),
+    Column("applied_at", DateTime(timezone=True), nullable=False),
+    Column("cleaned_records_erased", Integer, nullable=False),
+    Column("dropped_records_erased", Integer, nullable=False),
+    Column("events_forgotten", Integer, nullable=False),
+    Column("dataset_versions", JSON, nullable=False),
+)

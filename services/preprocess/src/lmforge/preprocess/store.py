@@ -7,22 +7,24 @@ import json
 import shutil
 import tempfile
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from lmforge.common.artifacts import ArtifactStore
-from lmforge.common.db import Database, OutboxRelay
+from lmforge.common.db import Database, OutboxRelay, as_utc
 from lmforge.common.events import DatasetVersionCreatedV1, Split, Topic
 from lmforge.common.telemetry import inject_context
 
-from .models import ALWAYS_COUNTED, cleaned_records, dataset_versions, dropped_records, outbox
+from .models import ALWAYS_COUNTED, cleaned_records, dataset_versions, dropped_records, erasures, outbox
 from .near_dup import NearDuplicateIndex
 from .pii import PiiType, Sensitivity, sensitivity_of
 from .recipe import Recipe, default_recipe
@@ -74,6 +76,7 @@ class DatasetStore:
         uploaded with the manifest. Only the manifest's per-record entries are held, not the texts.
         """
         spec = split or SplitSpec()
+        started = datetime.now(UTC)
         work = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="lmforge-cut-"))
         try:
             cut = await self._write_shards(work, sources, spec)
@@ -113,9 +116,103 @@ class DatasetStore:
                 key=dataset,
             )
         self.relay.wake()
+        # An erasure applied while this cut read its snapshot may have missed this version (it was
+        # not ready yet): such records are removed from it now, as the erasure would have.
+        async with self.db.sessions() as session:
+            late = (
+                await session.execute(
+                    select(erasures.c.erasure_id, erasures.c.record_id).where(erasures.c.applied_at >= started)
+                )
+            ).all()
+        in_cut = {r["record_id"] for r in cut.records}
+        for erasure_id, record_id in late:
+            if record_id in in_cut:
+                await self.remove_from_versions({record_id}, erasure_id, only=(dataset, version))
+                manifest = await asyncio.to_thread(self.manifest, manifest_uri)
         return {k: manifest[k] for k in ("dataset", "version", "record_count", "split_counts", "config_hash")} | {
             "manifest_uri": manifest_uri
         }
+
+    async def remove_from_versions(
+        self, record_ids: set[str], erasure_id: str, only: tuple[str, int] | None = None
+    ) -> list[dict[str, Any]]:
+        """Take these records out of every ready dataset version that holds them (or only the one
+        named): their rows leave the Parquet shards, their entries leave the manifest (records and
+        superseded), its counts are updated, and the manifest lists the erasure under ``erased``.
+        Idempotent. Returns the versions changed, as ``{"dataset", "version"}``.
+
+        Each version is rewritten inside a transaction that first updates its row: the row lock on
+        PostgreSQL (SQLite's write lock) keeps two erasures from rewriting one version at once.
+        """
+        t = dataset_versions
+        query = select(t.c.id, t.c.dataset, t.c.version).where(t.c.state == "ready").order_by(t.c.id)
+        if only is not None:
+            query = query.where(t.c.dataset == only[0], t.c.version == only[1])
+        async with self.db.sessions() as session:
+            versions = (await session.execute(query)).all()
+        changed = []
+        for version in versions:
+            async with self.db.sessions.begin() as session:
+                locked = (
+                    await session.execute(
+                        update(t)
+                        .where(t.c.id == version.id)
+                        .values(record_count=t.c.record_count)
+                        .returning(t.c.manifest_uri)
+                    )
+                ).scalar_one()
+                manifest, rewritten = await asyncio.to_thread(self._remove_from_version, locked, record_ids, erasure_id)
+                # The counts follow the manifest (also after a crash between its write and this).
+                await session.execute(
+                    update(t)
+                    .where(t.c.id == version.id)
+                    .values(record_count=manifest["record_count"], split_counts=manifest["split_counts"])
+                )
+            if rewritten:
+                changed.append({"dataset": version.dataset, "version": version.version})
+        return changed
+
+    def _remove_from_version(
+        self, manifest_uri: str, record_ids: set[str], erasure_id: str
+    ) -> tuple[dict[str, Any], bool]:
+        """Rewrite one version without these records (file I/O: call it off the event loop).
+        Returns its manifest, and whether it held any of them (then the manifest is the new one)."""
+        manifest = self.manifest(manifest_uri)
+        removed = [r for r in manifest["records"] if r["record_id"] in record_ids]
+        superseded = [r for r in manifest.get("superseded", []) if r["record_id"] in record_ids]
+        if not removed and not superseded:
+            return manifest, False
+        ids = pa.array(sorted(record_ids), type=pa.string())
+        for split in sorted({r["split"] for r in removed}):
+            key = self.artifacts.key_of(manifest["shards"][split])
+            with tempfile.TemporaryDirectory(prefix="lmforge-erase-") as tmp:
+                local = Path(tmp) / f"{split}.parquet"
+                with self.artifacts.open(key) as source:
+                    reader = pq.ParquetFile(source)
+                    with pq.ParquetWriter(local, reader.schema_arrow) as writer:
+                        for batch in reader.iter_batches(batch_size=self.row_group_size):
+                            kept = batch.filter(pc.invert(pc.is_in(batch.column("record_id"), value_set=ids)))
+                            writer.write_table(pa.Table.from_batches([kept]), row_group_size=self.row_group_size)
+                self.artifacts.put_file(local, key)
+        manifest["records"] = [r for r in manifest["records"] if r["record_id"] not in record_ids]
+        manifest["superseded"] = [r for r in manifest.get("superseded", []) if r["record_id"] not in record_ids]
+        manifest["record_count"] = len(manifest["records"])
+        for r in removed:
+            manifest["split_counts"][r["split"]] -= 1
+            if r.get("sensitivity") is not None and "sensitivity" in manifest:
+                manifest["sensitivity"][r["sensitivity"]] -= 1
+            for pii_type, n in r.get("masked", {}).items():
+                if pii_type in manifest.get("masked", {}):
+                    manifest["masked"][pii_type] -= n
+        if "masked" in manifest:
+            manifest["masked"] = {t: n for t, n in manifest["masked"].items() if n > 0}
+        # Which erasures took records out of this version after it was cut (their audit entries
+        # name this version); the entries themselves, ids and content hashes, are gone.
+        manifest.setdefault("erased", []).append(
+            {"erasure_id": erasure_id, "records": len(removed), "superseded": len(superseded)}
+        )
+        self.artifacts.write_bytes(self.artifacts.key_of(manifest_uri), json.dumps(manifest, indent=1).encode())
+        return manifest, True
 
     async def _write_shards(self, work: Path, sources: list[str] | None, spec: SplitSpec) -> _Cut:
         """Read the version's rows in id order, in chunks, and write them to ``work/<split>.parquet``.
@@ -167,18 +264,23 @@ class DatasetStore:
                 .order_by(t.c.id)
                 .execution_options(yield_per=self.read_chunk)
             )
-            writer = await asyncio.to_thread(_ShardWriter, work, self.row_group_size)
-            try:
-                result = await session.stream(query)
-                async for chunk in result.partitions():
-                    batch: dict[Split, list[tuple[str, str, str, str | None]]] = {s: [] for s in Split}
-                    for r in chunk:
-                        split = assign(cut.record_count, r.record_id)
-                        cut.add(r, split)
-                        batch[split].append((r.record_id, r.content_hash, r.text, r.label))
-                    await asyncio.to_thread(writer.write, batch)
-            finally:
-                await asyncio.to_thread(writer.close)
+            # One thread does all of the writer's work, in order: if the cut is cancelled while a
+            # write runs, the close queued behind it waits for it, and the close is awaited before
+            # the caller removes the folder, so no write is left running into a removed folder.
+            loop = asyncio.get_running_loop()
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmforge-cut") as thread:
+                writer = await loop.run_in_executor(thread, _ShardWriter, work, self.row_group_size)
+                try:
+                    result = await session.stream(query)
+                    async for chunk in result.partitions():
+                        batch: dict[Split, list[tuple[str, str, str, str | None]]] = {s: [] for s in Split}
+                        for r in chunk:
+                            split = assign(cut.record_count, r.record_id)
+                            cut.add(r, split)
+                            batch[split].append((r.record_id, r.content_hash, r.text, r.label))
+                        await loop.run_in_executor(thread, writer.write, batch)
+                finally:
+                    await asyncio.shield(loop.run_in_executor(thread, writer.close))
         if not cut.record_count:
             raise empty
         return cut
@@ -264,6 +366,15 @@ class DatasetStore:
 
     def manifest(self, manifest_uri: str) -> dict[str, Any]:
         return json.loads(self.artifacts.read_bytes(self.artifacts.key_of(manifest_uri)))  # type: ignore[no-any-return]
+
+    async def erasure(self, erasure_id: str) -> dict[str, Any] | None:
+        """An applied erasure's audit entry (``models.erasures``), or None."""
+        async with self.db.sessions() as session:
+            row = (await session.execute(select(erasures).where(erasures.c.erasure_id == erasure_id))).first()
+        if row is None:
+            return None
+        entry = dict(row._mapping)
+        return entry | {"requested_at": as_utc(entry["requested_at"]), "applied_at": as_utc(entry["applied_at"])}
 
     async def stats(self) -> dict[str, Any]:
         async with self.db.sessions() as session:
@@ -357,15 +468,17 @@ class _Cut:
 
     def add(self, row: Any, split: Split) -> None:
         level = _sensitivity(row.masked_entities)
-        self.records.append(
-            {
-                "record_id": row.record_id,
-                "content_hash": row.content_hash,
-                "split": split.value,
-                "sensitivity": level.value,
-                "recipe": row.recipe_hash,  # the recipe that cleaned it (null: before recipes)
-            }
-        )
+        entry = {
+            "record_id": row.record_id,
+            "content_hash": row.content_hash,
+            "split": split.value,
+            "sensitivity": level.value,
+            "recipe": row.recipe_hash,  # the recipe that cleaned it (null: before recipes)
+        }
+        masked = {t: n for t, n in (row.masked_entities or {}).items() if n}
+        if masked:  # what was masked in it, so an erasure can take it out of the version's totals
+            entry["masked"] = masked
+        self.records.append(entry)
         self.split_counts[split.value] += 1
         self.sources.add(row.source)
         key = str(row.source_partition)

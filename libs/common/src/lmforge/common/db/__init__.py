@@ -4,13 +4,14 @@ from .engine import Database, create_engine
 from .inbox import Inbox
 from .migrations import run_alembic_env, upgrade_database, upgrade_database_sync
 from .outbox import Outbox, OutboxRelay
-from .statements import insert_ignoring_conflicts
+from .statements import as_utc, insert_ignoring_conflicts
 
 __all__ = [
     "Database",
     "Inbox",
     "Outbox",
     "OutboxRelay",
+    "as_utc",
     "create_engine",
     "insert_ignoring_conflicts",
     "run_alembic_env",

@@ -33,6 +33,8 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 5) -> AsyncE
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
+            # Deleted rows are overwritten with zeros, not left in free pages (an erasure's text).
+            cur.execute("PRAGMA secure_delete=ON")
             cur.close()
 
         return engine

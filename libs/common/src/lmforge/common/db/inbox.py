@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Column, DateTime, MetaData, String, Table
+from sqlalchemy import Column, DateTime, MetaData, String, Table, select
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -30,6 +30,14 @@ class Inbox:
             Column("event_id", String(200), primary_key=True),
             Column("received_at", DateTime(timezone=True), nullable=False),
         )
+
+    async def seen(self, session: AsyncSession, consumer_group: str, event_id: str) -> bool:
+        """Whether this group has claimed this event already (a check that records nothing)."""
+        t = self.table
+        found = await session.execute(
+            select(t.c.event_id).where(t.c.consumer_group == consumer_group, t.c.event_id == event_id)
+        )
+        return found.first() is not None
 
     async def claim(self, session: AsyncSession, consumer_group: str, event_id: str) -> bool:
         """True if this event is new for this group (and is now recorded); False if seen before."""

@@ -27,6 +27,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    delete,
     select,
     update,
 )
@@ -85,6 +86,15 @@ class Outbox:
             )
         )
         return event
+
+    async def forget(self, session: AsyncSession, *, topic: str, key: str) -> int:
+        """Delete, in the caller's transaction, the rows of every event on ``topic`` with ``key``,
+        published or not: their values hold the data an erasure removes. An unpublished one is
+        never published. Returns how many rows went. (Rare: it scans the table, which has no
+        index on ``key``.)"""
+        t = self.table
+        result = await session.execute(delete(t).where(t.c.topic == topic, t.c.key == key))
+        return result.rowcount or 0  # type: ignore[attr-defined, no-any-return]
 
 
 class OutboxRelay:

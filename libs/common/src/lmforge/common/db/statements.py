@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, overload
 
 from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
@@ -16,3 +17,15 @@ def insert_ignoring_conflicts(dialect: str, table: Table, rows: dict[str, Any] |
     if dialect == "sqlite":
         return sqlite.insert(table).values(rows).on_conflict_do_nothing()
     raise NotImplementedError(f"insert_ignoring_conflicts: unsupported dialect {dialect}")
+
+
+@overload
+def as_utc(value: datetime) -> datetime: ...
+@overload
+def as_utc(value: None) -> None: ...
+def as_utc(value: datetime | None) -> datetime | None:
+    """A timestamp read back from the database, with its zone: SQLite hands timestamps back
+    without one, and every timestamp here is written in UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)

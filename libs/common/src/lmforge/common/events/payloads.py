@@ -117,6 +117,15 @@ class UpstreamRecord(BaseModel):
         return metadata
 
 
+class ErasureRequest(BaseModel):
+    """A source record to erase (a data subject's request), named as its upstream system names it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(pattern=NAME_PATTERN, examples=["crm"])
+    source_id: str = Field(max_length=200, pattern=NOT_BLANK, examples=["T-1042"])
+
+
 class RawRecordV1(EventPayload):
     event_type: ClassVar[str] = "lmforge.record.raw.v1"
 
@@ -129,6 +138,26 @@ class RawRecordV1(EventPayload):
     label: str | None = None
     timestamp: datetime | None = None
     ingested_at: datetime
+
+
+class RecordErasedV1(EventPayload):
+    """A source record is erased (a data subject's request): every copy of its text goes.
+
+    Ingest publishes it on ``raw-data`` after deleting its raw rows, keyed like the record, so it
+    follows the record's own events in its partition. Preprocess publishes it on ``cleaned-data``
+    once the cleaned rows, the dedup index entries and the record's rows in dataset versions are
+    gone. It carries no text. Raw events for the record ingested before ``requested_at`` are
+    ignored downstream, so a late delivery cannot bring the text back.
+    """
+
+    event_type: ClassVar[str] = "lmforge.record.erased.v1"
+
+    erasure_id: str
+    record_id: str
+    source: str
+    source_id: str
+    requested_at: datetime
+    requested_by: str | None = Field(default=None, description="The API key (name and id) that asked for it.")
 
 
 class Split(StrEnum):
@@ -150,6 +179,20 @@ class CleanedRecordV1(EventPayload):
     label: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     masked_entities: dict[str, int] = Field(default_factory=dict)
+
+
+class CleanedRecordV2(CleanedRecordV1):
+    """``v1`` plus what a consumer needs to handle the record without re-deriving it: the
+    sensitivity of what was masked in it and the recipe that cleaned it. A new version, not new
+    fields in ``v1``: payloads forbid unknown fields, so validators of ``v1`` as published would
+    refuse them."""
+
+    event_type: ClassVar[str] = "lmforge.record.cleaned.v2"
+
+    sensitivity: Literal["none", "low", "high"] = Field(
+        description="The highest sensitivity of the personal data masked in it (docs/curation.md)."
+    )
+    recipe_hash: str = Field(description="SHA-256 of the recipe that cleaned it: a dataset manifest's config_hash.")
 
 
 class DatasetVersionCreatedV1(EventPayload):
@@ -403,6 +446,8 @@ class DeploymentResultV1(EventPayload):
 EVENT_PAYLOADS: tuple[type[EventPayload], ...] = (
     RawRecordV1,
     CleanedRecordV1,
+    CleanedRecordV2,
+    RecordErasedV1,
     DatasetVersionCreatedV1,
     TrainingRequestedV1,
     TrainingStatusV1,

@@ -1,0 +1,139 @@
+"""Erasure at ingest: real Tansu brokers and a real SQLite database.
+
+``POST /erasures`` deletes every raw row of the record (each text ever received for it) in the
+transaction that writes the audit entry, then publishes ``lmforge.record.erased.v1`` on
+``raw-data``, keyed like the record so it follows the record's own events in their partition.
+While the broker is away the caller gets 503, yet the rows are gone already, and a raw row that
+was waiting to be published never is; the sweeper publishes the erasure once the broker is back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+
+from lmforge.common.events import RawRecordV1, RecordErasedV1, Topic, decode_event
+from lmforge.common.http import PRINCIPAL_HEADER
+from lmforge.common.kafka import ensure_topics
+from lmforge.common.settings import ArtifactSettings, DatabaseSettings, KafkaSettings
+from lmforge.devstack.servers import TansuBroker
+from lmforge.ingest.app import build_app
+from lmforge.ingest.models import erasures, raw_records
+from lmforge.ingest.settings import IngestSettings
+
+from ..helpers import INTERNAL_AUTH, INTERNAL_HEADERS, read_topic, wait_until
+
+DPO = {PRINCIPAL_HEADER: json.dumps({"key_id": "k-dpo", "name": "dpo"})}
+
+
+def _settings(kafka: KafkaSettings, tmp_path: Path, unique: str) -> IngestSettings:
+    return IngestSettings(
+        kafka=kafka,
+        database=DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path}/ingest.db"),
+        artifacts=ArtifactSettings(url=str(tmp_path / "artifacts")),
+        internal=INTERNAL_AUTH,
+        upstream_topics=[f"upstream-{unique}"],
+        consumer_group=f"ingest-{unique}",
+        sweep_interval_s=0.2,
+        sweep_grace_s=0.5,
+    )
+
+
+async def _client(settings: IngestSettings) -> AsyncIterator[tuple[httpx.AsyncClient, object]]:
+    app = build_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest", headers=INTERNAL_HEADERS) as client:
+            yield client, app
+
+
+def _rec(source_id: str, text: str) -> dict[str, str]:
+    return {"source": "crm", "source_id": source_id, "text": text}
+
+
+async def _raw_rows(app: object) -> list[tuple[str, str]]:
+    db = app.state.runtime.db  # type: ignore[attr-defined]
+    async with db.sessions() as s:
+        return [(r.source_id, r.text) for r in await s.execute(select(raw_records).order_by(raw_records.c.id))]
+
+
+async def test_an_erasure_deletes_every_raw_text_and_follows_the_record_downstream(
+    kafka_settings: KafkaSettings, tmp_path: Path, unique: str
+) -> None:
+    broker = TansuBroker(tmp_path / "own-broker")  # its own, so raw-data holds this test's events only
+    broker.start()
+    try:
+        kafka = kafka_settings.model_copy(update={"bootstrap_servers": broker.bootstrap_servers})
+        async for client, app in _client(_settings(kafka, tmp_path, unique)):
+            for body in (
+                _rec("T-1", "call me on 13812345678"),
+                _rec("T-1", "edited: call 13812345678"),
+                _rec("T-2", "hi"),
+            ):
+                assert (await client.post("/records", json=body)).status_code == 202
+            r = await client.post("/erasures", json={"source": "crm", "source_id": "T-1"}, headers=DPO)
+            assert r.status_code == 202, r.text
+            entry = r.json()
+            assert entry["record_id"] == "crm:T-1" and entry["raw_records_erased"] == 2
+            assert entry["requested_by"] == "dpo (k-dpo)" and entry["published_at"] is not None
+            assert await _raw_rows(app) == [("T-2", "hi")], "both texts of T-1 are gone, T-2 is kept"
+
+            got = await client.get(f"/erasures/{entry['erasure_id']}")
+            assert got.status_code == 200 and got.json() == entry
+            assert (await client.get("/erasures/no-such-erasure")).status_code == 404
+            for bad in ({"source": "crm"}, {"source": "CRM!", "source_id": "T-1"}, {"source": "crm", "source_id": " "}):
+                refused = await client.post("/erasures", json=bad)
+                assert refused.status_code == 422, bad
+            # Erasing again (a retry, or a record never seen) is a new entry that deletes nothing.
+            again = await client.post("/erasures", json={"source": "crm", "source_id": "T-1"})
+            assert again.status_code == 202 and again.json()["raw_records_erased"] == 0
+            assert again.json()["requested_by"] is None, "an internal caller: no key"
+
+            events = await read_topic(broker.bootstrap_servers, Topic.RAW_DATA, expected=5)
+        t1 = [x for x in events if x.key == b"crm:T-1"]
+        decoded = [decode_event(x.headers, x.value, (RawRecordV1, RecordErasedV1)) for x in t1]
+        assert [type(e.data) for e in decoded] == [RawRecordV1, RawRecordV1, RecordErasedV1, RecordErasedV1]
+        assert len({x.partition for x in t1}) == 1, "in the record's partition, after its own events"
+        assert decoded[2].data.erasure_id == entry["erasure_id"]
+        assert b"13812345678" not in b"".join(x.value for x in t1 if x.value and b"erasure_id" in x.value)
+    finally:
+        broker.stop()
+
+
+async def test_an_erasure_during_a_broker_outage_is_published_later_and_strands_nothing(
+    kafka_settings: KafkaSettings, tmp_path: Path, unique: str
+) -> None:
+    broker = TansuBroker(tmp_path / "own-broker")
+    broker.start()
+    kafka = kafka_settings.model_copy(
+        update={"bootstrap_servers": broker.bootstrap_servers, "request_timeout_ms": 5_000}
+    )
+    try:
+        async for client, app in _client(_settings(kafka, tmp_path, unique)):
+            broker.stop()
+            assert (await client.post("/records", json=_rec("T-1", "my email is a@b.example"))).status_code == 503
+            r = await client.post("/erasures", json={"source": "crm", "source_id": "T-1"}, headers=DPO)
+            assert r.status_code == 503, r.text
+            assert await _raw_rows(app) == [], "the stranded raw row is deleted, never to be published"
+            db = app.state.runtime.db  # type: ignore[attr-defined]
+            async with db.sessions() as s:
+                (waiting,) = (await s.execute(select(erasures))).all()
+            assert waiting.published_at is None and waiting.raw_records_erased == 1
+            broker.start()  # same port; memory-only, so topics come back empty
+            await ensure_topics(kafka, [Topic.RAW_DATA])
+            (event,) = await read_topic(broker.bootstrap_servers, Topic.RAW_DATA, expected=1, timeout=30)
+
+            async def published(db: Any = db) -> bool:
+                async with db.sessions() as s:
+                    return (await s.execute(select(erasures.c.published_at))).scalar_one() is not None
+
+            await wait_until(published, timeout=10)
+        erased = decode_event(event.headers, event.value, RecordErasedV1)
+        assert erased.id == waiting.event_id and erased.data.record_id == "crm:T-1"
+    finally:
+        broker.stop()
