@@ -286,3 +286,37 @@ async def test_dropped_records_are_queryable_and_counted_in_versions(database: D
         assert (await client.get("/dropped", params={"reason": "spam"})).json() == []  # nothing dropped for it
         for bad in ({"reason": "Spam!"}, {"limit": 0}, {"limit": 1001}, {"offset": -1}):
             assert (await client.get("/dropped", params=bad)).status_code == 422
+
+
+async def test_a_changed_threshold_rebuilds_the_index_from_the_stored_signatures(database: Database) -> None:
+    """Band rows depend on the banding, which the threshold sets: after a change, records kept under
+    the old one are found again only once the index is rebuilt, which a starting service does
+    before it consumes (and only once: a second start finds it done)."""
+    await database.create_all(metadata)
+    at_09 = NearDuplicateIndex(0.9)
+    assert await at_09.ensure_index(database) == 0, "an empty index is recorded under its banding"
+    handle = _handler(database, at_09)
+    await handle(_message(0, "E-1", EN))
+    await handle(_message(1, "O-1", OTHER))
+    near = EN.replace("once on the 3rd", "first on the 3rd").replace("nine days", "9 days") + " Order 58213."
+    similarity = jaccard(shingles(EN), shingles(near))
+    assert 0.8 <= similarity < 0.9, similarity
+
+    at_08 = NearDuplicateIndex(0.8)
+    assert (at_08.bands, at_08.rows) != (at_09.bands, at_09.rows)
+    stale, _ = await _find(database, at_08, near)
+    assert stale is None, "under the new banding the old rows never match"
+    assert await at_08.ensure_index(database) == 2
+    assert await at_08.ensure_index(database) is None, "already this banding's"
+    async with database.sessions() as s:
+        band_rows = (await s.execute(select(func.count()).select_from(near_dup_bands))).scalar_one()
+    assert band_rows == 2 * at_08.bands
+    await _handler(database, at_08)(_message(2, "E-2", near))
+    dropped = (await _dropped(database))["crm:E-2"]
+    assert dropped["reason"] == "near_duplicate" and dropped["duplicate_of"] == "crm:E-1"
+    assert dropped["threshold"] == 0.8 and dropped["measured"] == similarity
+
+
+async def _find(database: Database, index: NearDuplicateIndex, text: str) -> tuple[NearDuplicate | None, set[int]]:
+    async with database.sessions() as s:
+        return await index.find(s, index.fingerprint(text), "crm:probe")

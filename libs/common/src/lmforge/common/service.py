@@ -53,6 +53,7 @@ class ServiceRuntime:
         self._migrations = migrations
         self._produces = list(produces)
         self._consumers: list[ConsumerRunner] = []
+        self._preparations: list[Callable[[], Awaitable[Any]]] = []
         sup = settings.supervision
         self.supervisor = Supervisor(
             self.name,
@@ -77,6 +78,11 @@ class ServiceRuntime:
         self.supervisor.add(f"consumer:{group_id}", runner.run, stalled_check=runner.stalled)
         return runner
 
+    def prepare(self, step: Callable[[], Awaitable[Any]]) -> None:
+        """A step of start-up that must be over before any consumer starts (after the migrations):
+        a rebuild of an index that handlers read, for example."""
+        self._preparations.append(step)
+
     def background(
         self, name: str, loop: Callable[[], Coroutine[Any, Any, None]], *, progress: Progress | None = None
     ) -> None:
@@ -92,6 +98,8 @@ class ServiceRuntime:
         await self._start_producer()
         if self.settings.kafka.create_topics and self._produces:
             await ensure_topics(self.settings.kafka, self._produces)
+        for step in self._preparations:
+            await step()
         for runner in self._consumers:
             await runner.start()
         self.supervisor.start()

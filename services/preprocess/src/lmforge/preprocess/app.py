@@ -30,6 +30,8 @@ def build_app(settings: PreprocessSettings | None = None) -> FastAPI:
     )
     assert runtime.relay is not None
     datasets = DatasetStore(runtime.db, runtime.artifacts, runtime.relay, near_dups, recipe)
+    if near_dups is not None:  # rows written under another threshold are rebuilt before any record is read
+        runtime.prepare(lambda: near_dups.ensure_index(runtime.db))
     runtime.consume(
         settings.consumer_group,
         [Topic.RAW_DATA],

@@ -88,6 +88,16 @@ near_dup_bands = Table(
     PrimaryKeyConstraint("band", "band_hash", name="pk_near_dup_bands"),
 )
 
+# Which banding the rows of ``near_dup_bands`` were written under (one row, ``name`` "lsh"): a
+# service started with another threshold (another banding) rebuilds the index before it consumes.
+near_dup_state = Table(
+    "near_dup_state",
+    metadata,
+    Column("name", String(16), primary_key=True),
+    Column("banding", String(200), nullable=False),
+    Column("indexed_at", DateTime(timezone=True), nullable=False),
+)
+
 dropped_records = Table(
     "dropped_records",
     metadata,

@@ -11,16 +11,20 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 from datasketch import MinHash
-from sqlalchemy import select, tuple_
+from sqlalchemy import delete, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from lmforge.common.db import insert_ignoring_conflicts
+from lmforge.common.db import Database, insert_ignoring_conflicts
+from lmforge.common.telemetry import get_logger
 
-from .models import cleaned_records, near_dup_bands
+from .models import cleaned_records, near_dup_bands, near_dup_state
+
+log = get_logger(__name__)
 
 NUM_PERM = 128
 SHINGLE_SIZE = 5
@@ -114,17 +118,82 @@ class NearDuplicateIndex:
             "verification": "exact Jaccard of shingle sets",
         }
 
+    @property
+    def banding(self) -> str:
+        """What the band rows depend on: a stored index written under another banding is rebuilt."""
+        return f"{self._salt.decode()}:{SEED}:{SCHEME}"
+
     def fingerprint(self, text: str) -> Fingerprint:
         grams = shingles(text, self.shingle_size)
         mh = MinHash(num_perm=self.num_perm, seed=SEED, scheme=SCHEME, permutations=self._permutations)
         mh.update_batch([g.encode() for g in grams])  # a minimum per permutation: order does not matter
         values = np.asarray(mh.hashvalues, dtype="<u4")
+        return Fingerprint(grams, values.tobytes(), self.band_keys(values.tobytes()))
+
+    def band_keys(self, signature: bytes) -> list[BandKey]:
+        """The band rows of a stored signature (uint32 little-endian, one per permutation)."""
         keys = []
+        width = 4 * self.rows
         for band in range(self.bands):
-            chunk = values[band * self.rows : (band + 1) * self.rows].tobytes()
+            chunk = signature[band * width : (band + 1) * width]
             digest = hashlib.blake2b(chunk, digest_size=8, key=self._band_key).digest()
             keys.append((band, int.from_bytes(digest, "big", signed=True)))
-        return Fingerprint(grams, values.tobytes(), keys)
+        return keys
+
+    async def ensure_index(self, db: Database, page: int = 1_000) -> int | None:
+        """Make the stored index this banding's: if its rows were written under another one (the
+        recipe's threshold changed), or before the banding was recorded, rebuild them from every
+        kept record, in the order they were kept, from their stored signatures (a record cleaned
+        before signatures were stored gets one from its text). One transaction, which first locks
+        the state row, so of several replicas starting at once one rebuilds and the others find it
+        done. Returns the records indexed, or None when the index was already this banding's.
+
+        Kept records that are near-duplicates of each other under the new threshold stay kept:
+        the index decides for records that come after it, not for those already in versions.
+        """
+        now = datetime.now(UTC)
+        async with db.sessions.begin() as session:
+            await session.execute(
+                insert_ignoring_conflicts(db.dialect, near_dup_state, {"name": "lsh", "banding": "", "indexed_at": now})
+            )
+            stored = (
+                await session.execute(
+                    update(near_dup_state)
+                    .where(near_dup_state.c.name == "lsh")
+                    .values(banding=near_dup_state.c.banding)  # takes the row lock (SQLite: the write lock)
+                    .returning(near_dup_state.c.banding)
+                )
+            ).scalar_one()
+            if stored == self.banding:
+                return None
+            await session.execute(delete(near_dup_bands))
+            t, last, indexed = cleaned_records, 0, 0
+            while True:
+                rows = (
+                    await session.execute(
+                        select(t.c.id, t.c.minhash, t.c.text).where(t.c.id > last).order_by(t.c.id).limit(page)
+                    )
+                ).all()
+                if not rows:
+                    break
+                bands = []
+                for row in rows:
+                    signature = row.minhash
+                    if signature is None or len(signature) != 4 * self.num_perm:
+                        signature = self.fingerprint(row.text).signature
+                        await session.execute(update(t).where(t.c.id == row.id).values(minhash=signature))
+                    bands += [{"band": b, "band_hash": h, "cleaned_id": row.id} for b, h in self.band_keys(signature)]
+                # The first kept record owns a band row: pages go in id order, and so do rows in a page.
+                await session.execute(insert_ignoring_conflicts(db.dialect, near_dup_bands, bands))
+                indexed += len(rows)
+                last = rows[-1].id
+            await session.execute(
+                update(near_dup_state)
+                .where(near_dup_state.c.name == "lsh")
+                .values(banding=self.banding, indexed_at=now)
+            )
+        log.info("near-duplicate index rebuilt", banding=self.banding, previous=stored or None, records=indexed)
+        return indexed
 
     async def find(
         self,
