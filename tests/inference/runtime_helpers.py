@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -327,3 +328,59 @@ class FakePbUtils:
     @staticmethod
     def get_input_tensor_by_name(request: FakeRequest, name: str) -> FakeTensor | None:
         return FakeTensor(name, request.inputs[name]) if name in request.inputs else None
+
+
+FINAL = FakePbUtils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+# -- driving a model whose execute returns before it answers (triton_vllm_model.py) -----------------
+
+
+def model_args(version: Path, name: str = "m-v1", **parameters: str) -> dict[str, Any]:
+    """The ``args`` Triton gives ``initialize``; ``version`` is ``<model>/1`` with ``weights/``."""
+    config = {"name": name, "parameters": {k: {"string_value": v} for k, v in parameters.items()}}
+    return {
+        "model_config": json.dumps(config),
+        "model_repository": str(version.parent),
+        "model_version": version.name,
+        "model_name": name,
+        "model_instance_kind": "GPU",
+        "model_instance_device_id": "0",
+    }
+
+
+def version_folder(root: Path, weights: Path) -> Path:
+    """``<root>/m-v1/1`` with ``weights/`` linked to ``weights``."""
+    version = root / "m-v1" / "1"
+    version.mkdir(parents=True)
+    (version / "weights").symlink_to(weights, target_is_directory=True)
+    return version
+
+
+def wait_final(*requests: FakeRequest, timeout: float = 20.0) -> None:
+    """Wait until every request got its final response (sent from another thread)."""
+    deadline = time.monotonic() + timeout
+    while any(r.sender.finals == 0 for r in requests):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no final response within {timeout}s: {[r.sender.sent for r in requests]}")
+        time.sleep(0.005)
+
+
+def outputs(sender: FakeSender) -> list[dict[str, Any]]:
+    """Every response a sender got, decoded: text, finish reason, counts (error responses apart)."""
+    out = []
+    for response, flags in sender.sent:
+        if response is None or response.error is not None:
+            continue
+        o = {name: a.reshape(-1)[0] for name, a in response.outputs.items()}
+        out.append(
+            {
+                "text": o["TEXT"].decode(),
+                "finish_reason": o["FINISH_REASON"].decode(),
+                "prompt_tokens": int(o["PROMPT_TOKENS"]),
+                "completion_tokens": int(o["COMPLETION_TOKENS"]),
+                "batch_size": int(o["BATCH_SIZE"]),
+                "final": flags == FINAL,
+            }
+        )
+    return out

@@ -1,8 +1,9 @@
 """The Triton model repository: one folder per served model version, laid out for Triton.
 
 ``<repository>/<triton model>/{config.pbtxt, 1/model.py, 1/weights/}``: the weights come from the
-artifact store, ``model.py`` is the runtime in ``triton_model.py``, and ``config.pbtxt`` states the
-model's inputs and outputs, its batching and where its instances run.
+artifact store, ``model.py`` is the runtime of the engine the settings choose (``triton_model.py``
+for torch, ``triton_vllm_model.py`` for vLLM), and ``config.pbtxt`` states the model's inputs and
+outputs, its batching and where its instances run.
 """
 
 from __future__ import annotations
@@ -17,6 +18,12 @@ from lmforge.common.artifacts import ArtifactStore
 from .settings import InferenceSettings
 
 MODEL_PY = Path(__file__).with_name("triton_model.py")
+VLLM_MODEL_PY = Path(__file__).with_name("triton_vllm_model.py")
+RUNTIMES = {"torch": MODEL_PY, "vllm": VLLM_MODEL_PY}
+
+# The precision setting in vLLM's words (its ``dtype`` engine argument); int8 is refused by the
+# settings for the vllm engine.
+VLLM_DTYPES = {"auto": "auto", "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 def triton_model_name(model: str, version: int) -> str:
@@ -55,6 +62,17 @@ def _tensors(specs: tuple[tuple[str, str], ...]) -> str:
 
 
 def config_pbtxt(name: str, settings: InferenceSettings) -> str:
+    """The config of the engine the settings choose (``settings.runtime_engine``)."""
+    if settings.runtime_engine == "vllm":
+        return vllm_config_pbtxt(name, settings)
+    return torch_config_pbtxt(name, settings)
+
+
+def _parameter(key: str, value: object) -> str:
+    return f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
+
+
+def torch_config_pbtxt(name: str, settings: InferenceSettings) -> str:
     """Decoupled (responses streamed through a response sender), dynamically batched, with the
     weights' precision and the CPU threads per instance as parameters the runtime reads at load."""
     return (
@@ -68,6 +86,27 @@ def config_pbtxt(name: str, settings: InferenceSettings) -> str:
         f"instance_group [ {{ kind: {INSTANCE_KINDS[settings.instance_kind]}, count: 1 }} ]\n"
         f'parameters {{ key: "precision" value: {{ string_value: "{settings.precision}" }} }}\n'
         f'parameters {{ key: "cpu_threads" value: {{ string_value: "{settings.cpu_threads}" }} }}\n'
+    )
+
+
+def vllm_config_pbtxt(name: str, settings: InferenceSettings) -> str:
+    """The same inputs and outputs, decoupled, one instance on a GPU, and no dynamic batching: as in
+    NVIDIA's vLLM backend, Triton hands each request to ``execute`` as it comes and vLLM's own
+    scheduler batches the requests in flight (continuous batching). ``max_batch_size`` stays as
+    in the torch config so that a request keeps its ``[1, 1]`` shape; with no batcher configured,
+    Triton never puts two requests into one ``execute``. The engine arguments are parameters."""
+    return (
+        f'name: "{name}"\n'
+        'backend: "python"\n'
+        f"max_batch_size: {settings.max_batch_size}\n"
+        f"input [\n{_tensors(INPUTS)}\n]\n"
+        f"output [\n{_tensors(OUTPUTS)}\n]\n"
+        "model_transaction_policy { decoupled: true }\n"
+        "instance_group [ { kind: KIND_GPU, count: 1 } ]\n"
+        + _parameter("engine", "vllm")
+        + _parameter("dtype", VLLM_DTYPES[settings.precision])
+        + _parameter("gpu_memory_utilization", settings.vllm_gpu_memory_utilization)
+        + _parameter("max_model_len", settings.vllm_max_model_len)
     )
 
 
@@ -86,7 +125,7 @@ class ModelRepository:
         staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=self.root))
         try:
             self.artifacts.get_dir(self.artifacts.key_of(artifact_uri), staging / "1" / "weights")
-            shutil.copy2(MODEL_PY, staging / "1" / "model.py")
+            shutil.copy2(RUNTIMES[self.settings.runtime_engine], staging / "1" / "model.py")
             (staging / "config.pbtxt").write_text(config_pbtxt(name, self.settings))
             staging.rename(target)
         finally:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from lmforge.common.settings import DatabaseSettings, HttpSettings, ServiceSettings, service_config
 
@@ -33,6 +33,18 @@ class InferenceSettings(ServiceSettings):
     # OpenMP threads spinning against each other cut batched throughput 30x on 2 cores
     # (docs/serving.md). Raise it for one large model on a machine of its own.
     cpu_threads: int = Field(default=1, ge=0, le=256)
+    # Which runtime generates inside Triton (docs/serving.md, "GPU path: vLLM inside Triton"):
+    # "torch" (triton_model.py: CPU or GPU, Triton's dynamic batching), "vllm"
+    # (triton_vllm_model.py: vLLM's continuous batching, GPU only, needs vllm in the Triton image),
+    # or "auto": vllm when instance_kind is "gpu", else torch. Decided from these settings, not from
+    # what Triton reports: a version's folder is written before Triton loads it and places it.
+    engine: Literal["torch", "vllm", "auto"] = "torch"
+    # vLLM engine arguments (config.pbtxt parameters of the vllm engine only). The fraction of the
+    # GPU's memory one version may take: below one half, because a promotion loads the new version
+    # before the old one is unloaded, and both must fit.
+    vllm_gpu_memory_utilization: float = Field(default=0.4, gt=0, le=1)
+    # The context vLLM serves and reserves KV cache for; 0: the model's own (config.json).
+    vllm_max_model_len: int = Field(default=0, ge=0)
     max_batch_size: int = 8
     batch_delay_us: int = 2000
     reconcile_interval_s: float = 30.0
@@ -47,3 +59,21 @@ class InferenceSettings(ServiceSettings):
     cache_ttl_s: int = Field(default=3600, ge=1)
     cache_max_entries: int = Field(default=10_000, ge=1)
     cache_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+
+    @property
+    def runtime_engine(self) -> Literal["torch", "vllm"]:
+        """The engine a version's folder is written for: ``auto`` is vllm only where the instances
+        are declared to run on a GPU (``instance_kind: gpu``)."""
+        if self.engine == "auto":
+            return "vllm" if self.instance_kind == "gpu" else "torch"
+        return self.engine
+
+    @model_validator(mode="after")
+    def _engine_fits(self) -> InferenceSettings:
+        if self.engine == "vllm" and self.instance_kind == "cpu":
+            raise ValueError("engine vllm runs on a GPU only; instance_kind cpu needs engine torch")
+        if self.runtime_engine == "vllm" and self.precision == "int8":
+            raise ValueError(
+                "precision int8 is the torch engine's CPU quantization; with vllm use auto, fp32, fp16 or bf16"
+            )
+        return self
