@@ -117,6 +117,8 @@ async def test_import_through_the_gateway(setup: Setup) -> None:
         r = await api.post("/v1/records/label-studio", params=params, json=export, headers=writer)
         assert r.status_code == 422, (params, r.text)
     assert r.json()["error"]["param"] == "query.text_field", "an unknown query parameter is refused, not ignored"
+    r = await api.post("/v1/records/label-studio?source=a&source=b", json=export, headers=writer)
+    assert r.status_code == 422 and r.json()["error"]["message"] == "query.source: given twice", r.text
     assert len(setup.calls) == calls, "refused at the edge"
     reader = bearer((await new_key(api, ["datasets:read"]))["key"])
     r = await api.post("/v1/records/label-studio", params={"source": "x"}, json=export, headers=reader)

@@ -202,6 +202,7 @@ ACCEPTED = [
     [_task()],
     [_task(id="T-1"), _task(id=-5), _task(id=7.0), _task(id=2**63 - 1), _task(id=" x ")],
     [_task(data__record_id="crm:T-1"), _task(data__record_id=None), _task(data__record_id="a:" + "x" * 200)],
+    [_task(id="\ufeff", data__text="\ufeff", data__record_id="crm:\ufeff")],  # not whitespace to str.isspace
     [_task(data__ticket=[1, {"a": None}], meta={"x": 1}, predictions="ignored", drafts=None)],
     [_task(annotations=[]), _task(annotations=[{}]), _annotated(), _annotated(CHOICE, was_cancelled=True)],
     [_annotated(CHOICE, {"type": "labels", "value": {"text": "\x00"}}, {"type": "x", "value": 3}, {"type": ""})],
@@ -219,6 +220,7 @@ REFUSED = [
     [_task(id=None)],
     [_task(id="")],
     [_task(id=" \t")],
+    [_task(id="\u0085\u3000")],
     [_task(id="x" * 201)],
     [_task(id=[1])],
     [{"id": 1}],
@@ -232,6 +234,8 @@ REFUSED = [
     [_task(data__record_id="Crm:T-1")],
     [_task(data__record_id="crm:")],
     [_task(data__record_id="crm:  ")],
+    [_task(data__record_id="crm:\u0085")],
+    [_task(data__text="\u0085\u2028")],
     [_task(data__record_id="crm")],
     [_task(data__record_id="crm:" + "x" * 201)],
     [_task(data__record_id="crm:a\x00")],
@@ -306,6 +310,8 @@ async def test_import_stores_every_task_or_none(client: httpx.AsyncClient) -> No
     assert r.status_code == 422 and r.json()["error"]["message"] == "tasks[1].data.text: Field required", r.text
     r = await post("/records/label-studio", json=EXPORT)
     assert r.status_code == 422 and "source" in r.text
+    r = await post("/records/label-studio", params={"source": "labelled", "text_field": "text"}, json=EXPORT)
+    assert r.status_code == 422 and r.json()["error"]["param"] == "query.text_field", "not ignored"
     r = await post("/records/label-studio", params={"source": "labelled"}, json=EXPORT[0])
     assert r.status_code == 422 and r.json()["error"]["message"] == "body: not a JSON array of tasks"
     r = await post("/records/label-studio", params={"source": "labelled"}, json=[])

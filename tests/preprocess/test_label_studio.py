@@ -164,8 +164,9 @@ async def test_unknown_dataset_or_version_is_404(preprocess: httpx.AsyncClient) 
         r = await preprocess.get(path)
         assert r.status_code == 404, r.text
         assert r.json()["error"]["code"] == "dataset_version_not_found"
-    r = await preprocess.get("/datasets/reviewed/versions/1/label-studio", params={"label_as": "guesses"})
-    assert r.status_code == 422
+    for params in ({"label_as": "guesses"}, {"label": "annotations"}):
+        r = await preprocess.get("/datasets/reviewed/versions/1/label-studio", params=params)
+        assert r.status_code == 422, params
 
 
 async def test_the_export_reads_shards_in_batches(preprocess: httpx.AsyncClient) -> None:

@@ -11,17 +11,16 @@ service is validated into a public model (``schemas``), which leaves internal fi
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 
 from lmforge.common.events import Topic, TrainingRequestedV1
-from lmforge.common.http import error_responses, payload_too_large, public_text, upstream_records_body
+from lmforge.common.http import error_responses, only_query, payload_too_large, public_text, upstream_records_body
 from lmforge.common.kafka import EventProducer
 from lmforge.common.label_studio import ExportTask, label_studio_body
 from lmforge.common.names import (
@@ -155,27 +154,6 @@ async def get_dataset_version(
 async def pipeline_stats(request: Request, who: Annotated[Principal, Depends(require(Scope.DATASETS_READ))]) -> Any:
     """How many records preprocess has cleaned, and dropped (duplicates, empty after cleaning)."""
     return await _downstream(request).json("preprocess", "GET", url_path("stats"), principal=who.forwarded())
-
-
-def only_query(*names: str) -> Callable[[Request], None]:
-    """A dependency: query parameters other than ``names`` are refused (422), not ignored, as
-    unknown body fields are."""
-
-    def check(request: Request) -> None:
-        unknown = [k for k in request.query_params if k not in names]
-        if unknown:
-            raise RequestValidationError(
-                [
-                    {
-                        "type": "extra_forbidden",
-                        "loc": ("query", unknown[0][:40]),
-                        "msg": f"unknown query parameter (this route takes {', '.join(names)})",
-                        "input": request.query_params[unknown[0]][:40],
-                    }
-                ]
-            )
-
-    return check
 
 
 @router.get(

@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, ValidationError
 
 from lmforge.common.events import UpstreamRecord
-from lmforge.common.http import error_responses, payload_too_large, upstream_records_body
+from lmforge.common.http import error_responses, only_query, payload_too_large, upstream_records_body
 from lmforge.common.label_studio import IMPORT_TASKS, label_studio_body
 from lmforge.common.names import SourceName
 
@@ -169,6 +169,7 @@ async def _accept(
     response_model=IngestResponse,
     responses=error_responses(400, 413, 415, 422, 503),
     openapi_extra=label_studio_body(),
+    dependencies=[Depends(only_query("source"))],
 )
 async def post_label_studio(
     request: Request,

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, HTTPException, Query, Request
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from lmforge.common.http import error_responses
+from lmforge.common.http import error_responses, only_query
 from lmforge.common.label_studio import ExportTask
 from lmforge.common.names import NO_NUL_PATTERN, DatasetName, SourceName, VersionNumber
 
@@ -164,6 +164,7 @@ async def _manifest(store: DatasetStore, name: str, version: int) -> dict[str, A
     "/datasets/{name}/versions/{version}/label-studio",
     response_model=list[ExportTask],
     responses=error_responses(404),
+    dependencies=[Depends(only_query("label_as", "from_name", "to_name"))],
 )
 async def export_label_studio(
     request: Request,

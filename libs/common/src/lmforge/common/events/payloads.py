@@ -35,8 +35,11 @@ def content_hash(text: str) -> str:
 
 
 NO_NUL = NO_NUL_PATTERN
-# No NUL, and at least one character that is not whitespace (as ``str.isspace`` sees it).
-NOT_BLANK = r"^[^\x00]*[^\s\x1c-\x1f\x00][^\x00]*$"
+# No NUL, and at least one character that is not whitespace (as ``str.isspace`` sees it). The
+# whitespace is spelled out, not ``\s``, which means other characters in other engines: pydantic's
+# (Rust) counts U+0085 and not U+FEFF, ECMA-262 (JSON Schema validators) the other way round.
+_WHITESPACE = r"\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NOT_BLANK = rf"^[^\x00]*[^\x00{_WHITESPACE}][^\x00]*$"
 # A record's text, source id and label: at most this many characters.
 TEXT_MAX_CHARS, SOURCE_ID_MAX_CHARS, LABEL_MAX_CHARS = 100_000, 200, 200
 
