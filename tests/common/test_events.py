@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jsonschema_rs
 import pytest
 from pydantic import ValidationError
 
@@ -113,3 +114,23 @@ def test_an_upstream_timestamp_is_a_date_time_string_never_a_number(stamp: float
         {"source": "crm", "source_id": "1", "text": "hi", "timestamp": "2026-11-25T07:00:00Z"}
     )
     assert ok.timestamp is not None and ok.timestamp.year == 2026
+
+
+def test_blank_is_the_same_for_pydantic_and_json_schema_validators() -> None:
+    """A text or source id must hold a character that is not whitespace as ``str.isspace`` sees it,
+    and pydantic and a JSON Schema validator (ECMA-262 regular expressions) agree on every
+    character: ``\\s`` did not (U+0085, U+FEFF)."""
+    schema = UpstreamRecord.model_json_schema()
+    validator = jsonschema_rs.validator_for(schema)
+    for code in [*range(0x3100), 0xFEFF, 0x1D7CE, 0x10FFFF]:
+        if 0xD800 <= code <= 0xDFFF:
+            continue
+        text = chr(code) + " "
+        record = {"source": "crm", "source_id": "1", "text": text}
+        try:
+            UpstreamRecord.model_validate(record)
+            accepted = True
+        except ValidationError:
+            accepted = False
+        expected = not text.isspace() and code != 0
+        assert accepted == validator.is_valid(record) == expected, hex(code)

@@ -36,6 +36,8 @@ PATH_VALUES = {
 OPENAI_ROUTES = {"POST /v1/completions", "POST /v1/chat/completions", "GET /v1/models", "GET /v1/models/{model}"}
 # Routes that call no service: what they answer here once the caller may call them (no such key: 404).
 LOCAL_ANSWERS = {"GET /v1/api-keys": 200, "DELETE /v1/api-keys/{key_id}": 404, "POST /v1/api-keys/{key_id}/rotate": 404}
+# Routes with a required query parameter: refused at the gateway without it.
+LOCAL_ANSWERS |= {"POST /v1/records/label-studio": 422}
 ROUTES = public_routes()
 
 
@@ -226,7 +228,9 @@ def test_the_route_table_is_what_the_tests_cover() -> None:
     assert found["GET /v1/training-jobs/{job_id}/metrics"] == Scope.TRAINING_READ
     assert found["GET /v1/pipeline/dropped"] == found["GET /v1/pipeline/stats"] == Scope.DATASETS_READ
     assert found["POST /v1/erasures"] == found["GET /v1/erasures/{erasure_id}"] == Scope.RECORDS_ERASE
-    assert len(found) == 22
+    assert found["POST /v1/records/label-studio"] == Scope.RECORDS_WRITE
+    assert found["GET /v1/datasets/{name}/versions/{version}/label-studio"] == Scope.DATASETS_READ
+    assert len(found) == 24
 
 
 async def test_a_405_names_every_method_of_its_path(gateway: httpx.AsyncClient) -> None:

@@ -135,6 +135,10 @@ def examples(w: World) -> dict[str, tuple[dict[str, str], dict[str, Any]]]:
         "GET /v1/pipeline/stats": ({}, {}),
         "GET /v1/pipeline/dropped": ({}, {"params": {"reason": "duplicate", "limit": 10}}),
         "GET /v1/datasets/{name}/versions/{version}": ({"name": DATASET, "version": str(w.dataset_version)}, {}),
+        "GET /v1/datasets/{name}/versions/{version}/label-studio": (
+            {"name": DATASET, "version": str(w.dataset_version)},
+            {},
+        ),
         "GET /v1/training-jobs/{job_id}": ({"job_id": w.job_id}, {}),
         "GET /v1/training-jobs/{job_id}/metrics": ({"job_id": w.job_id}, {}),
         "GET /v1/registry/models": ({}, {}),
@@ -149,6 +153,13 @@ def examples(w: World) -> dict[str, tuple[dict[str, str], dict[str, Any]]]:
         "POST /v1/records": ({}, {"json": {"source": "crm", "source_id": "matrix-1", "text": "Customer: hello"}}),
         "POST /v1/erasures": ({}, {"json": {"source": "crm", "source_id": "matrix-never-sent"}}),
         "GET /v1/erasures/{erasure_id}": ({"erasure_id": w.erasure_id}, {}),
+        "POST /v1/records/label-studio": (
+            {},
+            {
+                "params": {"source": "crm"},
+                "json": [{"id": "matrix-ls-1", "data": {"text": "Customer: hi from review"}}],
+            },
+        ),
         "POST /v1/datasets/{name}/versions": ({"name": DATASET}, {"json": {"sources": ["crm"]}}),
         "GET /v1/api-keys": ({}, {}),
         "POST /v1/api-keys": ({}, {"json": {"name": "matrix", "scopes": ["models:read"], "expires_in_s": 3600}}),

@@ -113,6 +113,10 @@ async def test_an_expired_key_is_refused_with_a_clear_message(gateway: httpx.Asy
         ({"expires_in_s": 10**10}, "expires_in_s"),
         ({"requests_per_minute": 0}, "requests_per_minute"),
         ({"completion_tokens_per_day": -1}, "completion_tokens_per_day"),
+        ({"completion_tokens_per_day": True}, "completion_tokens_per_day"),
+        ({"requests_per_minute": "5"}, "requests_per_minute"),
+        ({"expires_in_s": 3600.5}, "expires_in_s"),
+        ({"expires_in_s": False}, "expires_in_s"),
         ({"expires_at": "2030-01-01T00:00:00Z"}, "expires_at"),
     ],
 )

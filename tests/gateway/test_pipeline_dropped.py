@@ -208,3 +208,6 @@ async def test_an_unknown_query_parameter_is_refused_not_ignored(setup: Setup) -
         r = await setup.gateway.get("/v1/pipeline/dropped", params=params, headers=await _reader(setup.gateway))
         assert r.status_code == 422, r.text
         assert "unknown query parameter" in r.json()["error"]["message"]
+    for query in ("record_id=crm:T-1&record_id=crm:T-2", "limit=2&limit=3"):
+        r = await setup.gateway.get(f"/v1/pipeline/dropped?{query}", headers=await _reader(setup.gateway))
+        assert r.status_code == 422 and r.json()["error"]["message"].endswith(": given twice"), r.text

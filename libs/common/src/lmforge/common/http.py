@@ -9,7 +9,8 @@
   short message and the trace id, never a stack trace.
 - ``/metrics`` also counts every answer by method, route template and status, and times it
   (``lmforge_http_requests_total``, ``lmforge_http_request_errors_total``, ``lmforge_http_request_seconds``).
-- ``error_responses(...)`` declares those error answers in a route's OpenAPI entry.
+- ``error_responses(...)`` declares those error answers in a route's OpenAPI entry;
+  ``only_query(...)`` refuses query parameters a route does not take, and any given twice.
 - Calls between services carry the internal credential: ``create_app(..., internal=settings.internal)``
   refuses (``401``) every call without it, health, readiness and metrics excepted, and
   ``internal_headers`` is what a caller sends. ``X-Lmforge-Principal`` names the API key a call is
@@ -156,6 +157,31 @@ def upstream_records_body(max_records: int = 1000) -> dict[str, Any]:
             },
         }
     }
+
+
+def only_query(*names: str) -> Callable[[Request], None]:
+    """A dependency: query parameters other than ``names`` are refused (422), not ignored, as
+    unknown body fields are; so is one of them given more than once (FastAPI would keep the last
+    value of a parameter that takes one, which a list of values does not match)."""
+
+    def check(request: Request) -> None:
+        unknown = [k for k in request.query_params if k not in names]
+        repeated = [k for k in names if len(request.query_params.getlist(k)) > 1]
+        if unknown or repeated:
+            name = (unknown or repeated)[0]
+            problem = f"unknown query parameter (this route takes {', '.join(names)})" if unknown else "given twice"
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "extra_forbidden" if unknown else "too_long",
+                        "loc": ("query", name[:40]),
+                        "msg": problem,
+                        "input": request.query_params[name][:40],
+                    }
+                ]
+            )
+
+    return check
 
 
 def error_type(status: int) -> str:

@@ -11,17 +11,28 @@ service is validated into a public model (``schemas``), which leaves internal fi
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, Response
+from fastapi.responses import StreamingResponse
 
 from lmforge.common.events import ErasureRequest, Topic, TrainingRequestedV1
-from lmforge.common.http import error_responses, payload_too_large, public_text, upstream_records_body
+from lmforge.common.http import error_responses, only_query, payload_too_large, public_text, upstream_records_body
 from lmforge.common.kafka import EventProducer
-from lmforge.common.names import NO_NUL_PATTERN, AliasName, DatasetName, JobId, ModelName, VersionNumber, url_path
+from lmforge.common.label_studio import ExportTask, label_studio_body
+from lmforge.common.names import (
+    NO_NUL_PATTERN,
+    AliasName,
+    DatasetName,
+    JobId,
+    ModelName,
+    SourceName,
+    VersionNumber,
+    url_path,
+)
 
 from . import store
 from .auth import AuthenticatedRoute, Principal, Scope, digest, format_key, new_key, new_secret, require
@@ -82,6 +93,14 @@ async def post_records(request: Request, who: Annotated[Principal, Depends(requi
 
     ``202`` once the broker acknowledged every record. The body is passed to ingest as it came.
     """
+    body, headers = await _body(request)
+    return await _downstream(request).json(
+        "ingest", "POST", url_path("records"), principal=who.forwarded(), content=body, headers=headers
+    )
+
+
+async def _body(request: Request) -> tuple[bytes, dict[str, str]]:
+    """The request's body (``413`` over the limit) and its content type, to pass on as they came."""
     limit = request.app.state.settings.max_request_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
@@ -91,10 +110,7 @@ async def post_records(request: Request, who: Annotated[Principal, Depends(requi
         body.extend(chunk)
         if len(body) > limit:
             raise payload_too_large(f"request body over {limit} bytes")
-    headers = {"content-type": request.headers.get("content-type", "application/json")}
-    return await _downstream(request).json(
-        "ingest", "POST", url_path("records"), principal=who.forwarded(), content=bytes(body), headers=headers
-    )
+    return bytes(body), {"content-type": request.headers.get("content-type", "application/json")}
 
 
 @router.post("/erasures", status_code=202, response_model=Erasure, responses=DOWNSTREAM)
@@ -183,40 +199,6 @@ async def pipeline_stats(request: Request, who: Annotated[Principal, Depends(req
     return await _downstream(request).json("preprocess", "GET", url_path("stats"), principal=who.forwarded())
 
 
-def only_query(*names: str) -> Callable[[Request], None]:
-    """A dependency: query parameters other than ``names`` are refused (422), not ignored, as
-    unknown body fields are; so is one of them given twice (each takes one value, and which of
-    the two would count is not for the server to guess)."""
-
-    def check(request: Request) -> None:
-        unknown = [k for k in request.query_params if k not in names]
-        if unknown:
-            raise RequestValidationError(
-                [
-                    {
-                        "type": "extra_forbidden",
-                        "loc": ("query", unknown[0][:40]),
-                        "msg": f"unknown query parameter (this route takes {', '.join(names)})",
-                        "input": request.query_params[unknown[0]][:40],
-                    }
-                ]
-            )
-        repeated = [k for k in names if len(request.query_params.getlist(k)) > 1]
-        if repeated:
-            raise RequestValidationError(
-                [
-                    {
-                        "type": "too_long",
-                        "loc": ("query", repeated[0]),
-                        "msg": "given more than once: this parameter takes one value",
-                        "input": request.query_params.getlist(repeated[0])[:3],
-                    }
-                ]
-            )
-
-    return check
-
-
 @router.get(
     "/pipeline/dropped",
     response_model=list[DroppedRecord],
@@ -255,6 +237,86 @@ async def pipeline_dropped(
     return await _downstream(request).json(
         "preprocess", "GET", url_path("dropped"), principal=who.forwarded(), params=params
     )
+
+
+# --- Label Studio (docs/curation.md, "Labels and Label Studio") --------------------------------
+
+
+@router.post(
+    "/records/label-studio",
+    status_code=202,
+    response_model=IngestResponse,
+    responses=error_responses(400, 413, 415) | DOWNSTREAM,
+    openapi_extra=label_studio_body(),
+    dependencies=[Depends(only_query("source"))],
+)
+async def post_label_studio(
+    request: Request,
+    who: Annotated[Principal, Depends(require(Scope.RECORDS_WRITE))],
+    source: Annotated[SourceName, Query(description="The source of every task without `data.record_id`.")],
+) -> Any:
+    """A Label Studio JSON export (a list of tasks), each task one record, stored by ingest.
+
+    The request body's schema is exactly what is accepted: the task ``id`` is the source id,
+    ``data.text`` the text, the one choice of the latest annotation not cancelled the label, and
+    only the keys of its other results that carry no text are kept, in the record's
+    ``metadata.label_studio``. A task from lmforge's export (``data.record_id``) is an edit of that
+    record. A task that does not match is ``422`` naming its index and field, and nothing of the
+    export is stored."""
+    body, headers = await _body(request)
+    return await _downstream(request).json(
+        "ingest",
+        "POST",
+        url_path("records", "label-studio"),
+        principal=who.forwarded(),
+        content=body,
+        headers=headers,
+        params={"source": source},
+    )
+
+
+@router.get(
+    "/datasets/{name}/versions/{version}/label-studio",
+    response_model=list[ExportTask],
+    responses=error_responses(404) | DOWNSTREAM,
+    dependencies=[Depends(only_query("label_as", "from_name", "to_name"))],
+)
+async def export_label_studio(
+    request: Request,
+    name: DatasetName,
+    version: VersionNumber,
+    who: Annotated[Principal, Depends(require(Scope.DATASETS_READ))],
+    label_as: Annotated[
+        Literal["predictions", "annotations"], Query(description="Where a record's label goes in its task.")
+    ] = "predictions",
+    from_name: Annotated[
+        str, Query(min_length=1, max_length=100, pattern=NO_NUL_PATTERN, description="The choices control's name.")
+    ] = "label",
+    to_name: Annotated[
+        str, Query(min_length=1, max_length=100, pattern=NO_NUL_PATTERN, description="The text object's name.")
+    ] = "text",
+) -> Response:
+    """The version's records as Label Studio tasks, to import for review: ``data`` holds the
+    cleaned text (personal data masked), the record id and the split; a record's label is a
+    ``choices`` result among the task's ``predictions`` (or ``annotations``). Streamed from
+    preprocess as it reads the shards."""
+    stack = AsyncExitStack()
+    resp = await stack.enter_async_context(
+        _downstream(request).stream(
+            "preprocess",
+            "GET",
+            url_path("datasets", name, "versions", version, "label-studio"),
+            principal=who.forwarded(),
+            params={"label_as": label_as, "from_name": from_name, "to_name": to_name},
+        )
+    )
+
+    async def body() -> AsyncIterator[bytes]:
+        async with stack:
+            async for chunk in resp.aiter_raw():
+                yield chunk
+
+    return StreamingResponse(body(), media_type="application/json")
 
 
 @router.post(

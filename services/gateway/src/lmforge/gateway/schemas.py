@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -777,22 +778,34 @@ class ApiKeyRequest(StrictBody):
     scopes: list[Scope] = Field(max_length=len(Scope))
     expires_in_s: int | None = Field(
         default=None,
+        strict=True,
         ge=1,
         le=MAX_KEY_LIFETIME_S,
         description="The key expires this many seconds from now (up to 10 years); default: never.",
     )
     requests_per_minute: int | None = Field(
         default=None,
+        strict=True,
         ge=1,
         le=MAX_REQUESTS_PER_MINUTE,
         description="This key's own requests per minute; default: the gateway's.",
     )
     completion_tokens_per_day: int | None = Field(
         default=None,
+        strict=True,
         ge=1,
         le=MAX_COMPLETION_TOKENS_PER_DAY,
         description="This key's own completion token budget per model and UTC day; default: the gateway's.",
     )
+
+    @field_validator("expires_in_s", "requests_per_minute", "completion_tokens_per_day", mode="before")
+    @classmethod
+    def _whole_numbers(cls, value: Any) -> Any:
+        """A JSON number with no fraction (``60.0``) is an integer, as the schema counts them; a
+        boolean or a string is not (the fields are strict: lax mode would read ``true`` as 1)."""
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
 
 
 class ApiKey(BaseModel):

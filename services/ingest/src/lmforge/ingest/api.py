@@ -1,9 +1,11 @@
 """``POST /records``: one record, a JSON array, or JSONL (body or multipart file upload).
+``POST /records/label-studio``: a Label Studio JSON export, each task a record (``label_studio``).
 ``POST /erasures``: erase a source record; ``GET /erasures/{erasure_id}``: its audit entry.
 
-The route reads its body itself, to take all three formats; its OpenAPI entry still declares
-the record schema for each (``upstream_records_body``). Every failure to read the body is a 4xx
-that says why: not UTF-8, not JSON, too large, an unknown content type.
+The routes read their body themselves, ``/records`` to take all three formats; their OpenAPI
+entries still declare the schema (``upstream_records_body``, ``label_studio_body``: a JSON array of
+tasks, exactly what is accepted). Every failure to read the body is a 4xx that says why: not
+UTF-8, not JSON, too large, an unknown content type.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field, ValidationError
 
 from lmforge.common.events import ErasureRequest, UpstreamRecord
@@ -20,10 +22,14 @@ from lmforge.common.http import (
     CallerPrincipal,
     caller_principal,
     error_responses,
+    only_query,
     payload_too_large,
     upstream_records_body,
 )
+from lmforge.common.label_studio import IMPORT_TASKS, label_studio_body
+from lmforge.common.names import SourceName
 
+from .label_studio import StoredRecord, tasks_to_records
 from .settings import IngestSettings
 from .store import Erasure, RawRecordStore
 
@@ -90,11 +96,15 @@ def _declared_length(request: Request) -> int | None:
     return int(declared)
 
 
-async def _read_items(request: Request, settings: IngestSettings) -> list[Any]:
+async def _read_items(request: Request, settings: IngestSettings, what: str | None = None) -> list[Any]:
+    """The body's items: one record or an array of them as JSON, JSONL, or a multipart JSONL upload.
+    ``what`` (a Label Studio import's ``tasks``): a JSON array of those, and nothing else."""
     declared = _declared_length(request)
     if declared is not None and declared > settings.max_request_bytes:
         raise payload_too_large(f"request body over {settings.max_request_bytes} bytes")
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if what is not None and ctype != "application/json":
+        raise HTTPException(415, f"unsupported content type {ctype!r}: a JSON array of {what}")
     if ctype == "multipart/form-data":
         form = await request.form()  # a malformed multipart body is a 400 from starlette
         upload = form.get("file")
@@ -112,6 +122,8 @@ async def _read_items(request: Request, settings: IngestSettings) -> list[Any]:
     if ctype != "application/json":
         raise HTTPException(415, f"unsupported content type {ctype!r}: use JSON, JSONL or a multipart upload")
     parsed = _parse_json(_decode(body), "body is ")
+    if what is not None and not isinstance(parsed, list):
+        raise _invalid(f"body: not a JSON array of {what}")
     return parsed if isinstance(parsed, list) else [parsed]
 
 
@@ -125,12 +137,22 @@ async def _read_items(request: Request, settings: IngestSettings) -> list[Any]:
 async def post_records(request: Request) -> IngestResponse:
     """Validate every record, store each once, and answer after the broker acknowledged them."""
     settings: IngestSettings = request.app.state.settings
-    store: RawRecordStore = request.app.state.store
     items = await _read_items(request, settings)
+    return await _accept(request, items, "records")
+
+
+async def _accept(
+    request: Request, items: list[Any], what: str, fields: dict[str, str] | None = None
+) -> IngestResponse:
+    """Validate every item as a record (the first bad one refuses the whole batch), then store them.
+
+    ``fields``: what a record's field is called in the items, for the error (a task's ``data.text``)."""
+    settings: IngestSettings = request.app.state.settings
+    store: RawRecordStore = request.app.state.store
     if not items:
-        raise _invalid("no records in the request")
+        raise _invalid(f"no {what} in the request")
     if len(items) > settings.max_records_per_request:
-        raise payload_too_large(f"{len(items)} records: at most {settings.max_records_per_request} per request")
+        raise payload_too_large(f"{len(items)} {what}: at most {settings.max_records_per_request} per request")
     records = []
     for i, item in enumerate(items):
         try:
@@ -138,7 +160,8 @@ async def post_records(request: Request) -> IngestResponse:
         except ValidationError as exc:
             err = exc.errors()[0]
             field = ".".join(str(p) for p in err["loc"]) or "<record>"
-            where = f"records[{i}].{field}" if len(items) > 1 else field
+            field = (fields or {}).get(field.split(".")[0], field)
+            where = f"{what}[{i}].{field}" if len(items) > 1 or what != "records" else field
             raise _invalid(f"{where}: {err['msg']}", index=i, field=field) from exc
     results = await store.accept(records)
     accepted = sum(r.status == "accepted" for r in results)
@@ -147,6 +170,63 @@ async def post_records(request: Request) -> IngestResponse:
         duplicates=len(results) - accepted,
         records=[RecordResult(record_id=r.record_id, status=r.status, event_id=r.event_id) for r in results],
     )
+
+
+@router.post(
+    "/records/label-studio",
+    status_code=202,
+    response_model=IngestResponse,
+    responses=error_responses(400, 413, 415, 422, 503),
+    openapi_extra=label_studio_body(),
+    dependencies=[Depends(only_query("source"))],
+)
+async def post_label_studio(
+    request: Request,
+    source: Annotated[SourceName, Query(description="The source of every task without `data.record_id`.")],
+) -> IngestResponse:
+    """A Label Studio JSON export (a list of tasks), each task one record: exactly what the request
+    body's schema allows is stored (docs/curation.md, "Labels and Label Studio"). A task the schema
+    refuses is a ``422`` naming its index and field, and nothing of the export is stored."""
+    settings: IngestSettings = request.app.state.settings
+    tasks = await _read_items(request, settings, what="tasks")
+    if not tasks:
+        raise _invalid("no tasks in the request")
+    if len(tasks) > settings.max_records_per_request:
+        raise payload_too_large(f"{len(tasks)} tasks: at most {settings.max_records_per_request} per request")
+    try:
+        parsed = IMPORT_TASKS.validate_python(tasks)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        index, field = _task_field(err["loc"])
+        raise _invalid(f"tasks[{index}].{field}: {err['msg']}", index=index, field=field) from exc
+    store: RawRecordStore = request.app.state.store
+    named = await store.latest({t.data.record_id for t in parsed if t.data.record_id is not None})
+    stored = {k: StoredRecord(r.text, r.label, r.metadata, r.timestamp) for k, r in named.items()}
+    return await _accept(request, tasks_to_records(parsed, source, stored), "tasks", _TASK_FIELDS)
+
+
+# Where a record's field comes from in a task, to name it when the record is refused.
+_TASK_FIELDS = {
+    "source": "data.record_id",
+    "source_id": "id",
+    "text": "data.text",
+    "label": "annotations.result.value.choices",
+    "metadata": "annotations",
+}
+_RESULT_KINDS = ("choices", "other")  # the tags of a result's kinds (lmforge.common.label_studio.Result)
+
+
+def _task_field(loc: tuple[int | str, ...]) -> tuple[int, str]:
+    """A validation error's place in the tasks: the task's index, and the field as
+    ``annotations[0].result[1].value.choices`` (without the kind of result pydantic names)."""
+    index = int(loc[0]) if loc and isinstance(loc[0], int) else 0
+    parts: list[str] = []
+    for k, part in enumerate(loc[1:], start=1):
+        if isinstance(part, int):
+            parts[-1:] = [f"{parts[-1] if parts else ''}[{part}]"]
+        elif not (isinstance(loc[k - 1], int) and part in _RESULT_KINDS):
+            parts.append(part)
+    return index, ".".join(parts) or "<task>"
 
 
 class ErasureEntry(BaseModel):

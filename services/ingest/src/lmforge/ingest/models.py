@@ -1,4 +1,4 @@
-"""Ingest owns the raw records: append-only, one row per (source, source id, content)."""
+"""Ingest owns the raw records: append-only, one row per (source, source id, text and label)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ raw_records = Table(
     Column("source", String(200), nullable=False),
     Column("source_id", String(200), nullable=False),
     Column("content_hash", String(64), nullable=False),
+    # The hash of the text and the label (``store.revision_hash``): a record with the same text and
+    # a new label is a new revision of it (a reviewed label), not a duplicate.
+    Column("revision_hash", String(64), nullable=False),
     Column("text", Text, nullable=False),
     Column("metadata", JSON, nullable=False),
     Column("label", String(200), nullable=True),
@@ -23,7 +26,7 @@ raw_records = Table(
     # carries the same id and downstream inboxes absorb it.
     Column("event_id", String(64), nullable=False, unique=True),
     Column("published_at", DateTime(timezone=True), nullable=True),
-    UniqueConstraint("source", "source_id", "content_hash", name="uq_raw_records_content"),
+    UniqueConstraint("source", "source_id", "revision_hash", name="uq_raw_records_revision"),
 )
 
 # Erasure requests (a data subject's right to erasure): the audit entry of each, and the event

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -63,6 +64,14 @@ def check_record_size(records: list[UpstreamRecord], limit: int) -> None:
             raise RecordTooLarge(i, size, limit)
 
 
+def revision_hash(text: str, label: str | None) -> str:
+    """What makes a record's revision: its text and its label. Without a label it is the text's
+    ``content_hash``; with one, the SHA-256 of the text, a NUL and the label (neither holds a NUL)."""
+    if label is None:
+        return content_hash(text)
+    return hashlib.sha256(f"{text}\x00{label}".encode()).hexdigest()
+
+
 class RawRecordStore:
     def __init__(self, db: Database, producer: EventProducer, *, max_record_bytes: int = 512 * 1024) -> None:
         self.db = db
@@ -70,7 +79,9 @@ class RawRecordStore:
         self.max_record_bytes = max_record_bytes
 
     async def accept(self, records: list[UpstreamRecord]) -> list[IngestResult]:
-        """Store each record once and publish every stored record not yet acknowledged by the broker.
+        """Store each revision of a record once (its source, source id, text and label: a new label
+        for the same text is a new revision) and publish every stored record not yet acknowledged
+        by the broker.
 
         Returns only after the broker acknowledged the writes (``BrokerUnavailable`` otherwise; the
         rows stay unpublished, and the client's retry, or the sweeper, publishes them with the same
@@ -84,6 +95,7 @@ class RawRecordStore:
                 "source": r.source,
                 "source_id": r.source_id,
                 "content_hash": content_hash(r.text),
+                "revision_hash": revision_hash(r.text, r.label),
                 "text": r.text,
                 "metadata": r.metadata,
                 "label": r.label,
@@ -96,22 +108,32 @@ class RawRecordStore:
         t = raw_records
         async with self.db.sessions.begin() as session:
             await session.execute(insert_ignoring_conflicts(self.db.dialect, t, rows))
-            keys = {(r["source"], r["source_id"], r["content_hash"]) for r in rows}
+            keys = {(r["source"], r["source_id"], r["revision_hash"]) for r in rows}
             # One IN over record ids (not an OR per record: SQLite caps expression depth at 1000).
             candidates = (
                 await session.execute(select(t).where(t.c.record_id.in_({r["record_id"] for r in rows})))
             ).all()
-        stored = [c for c in candidates if (c.source, c.source_id, c.content_hash) in keys]
-        by_key = {(s.source, s.source_id, s.content_hash): s for s in stored}
+        stored = [c for c in candidates if (c.source, c.source_id, c.revision_hash) in keys]
+        by_key = {(s.source, s.source_id, s.revision_hash): s for s in stored}
         pending = {s.id: s for s in stored if s.published_at is None}
         if pending:
             await self._publish(list(pending.values()))
         results = []
         for r in rows:
-            row = by_key[(r["source"], r["source_id"], r["content_hash"])]
+            row = by_key[(r["source"], r["source_id"], r["revision_hash"])]
             status: Literal["accepted", "duplicate"] = "accepted" if row.id in pending else "duplicate"
             results.append(IngestResult(row.record_id, status, row.event_id))
         return results
+
+    async def latest(self, record_ids: set[str]) -> dict[str, Any]:
+        """The latest stored revision (the last row stored) of each of these records that exists."""
+        if not record_ids:
+            return {}
+        t = raw_records
+        newest = select(func.max(t.c.id)).where(t.c.record_id.in_(record_ids)).group_by(t.c.record_id)
+        async with self.db.sessions() as session:
+            rows = (await session.execute(select(t).where(t.c.id.in_(newest)))).all()
+        return {row.record_id: row for row in rows}
 
     async def _publish(self, rows: list[Any]) -> None:
         """Publish stored rows (in the given order) with their fixed event ids, then mark them."""

@@ -5,12 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from lmforge.common.http import error_responses
-from lmforge.common.names import DatasetName, SourceName, VersionNumber
+from lmforge.common.http import error_responses, only_query
+from lmforge.common.label_studio import ExportTask
+from lmforge.common.names import NO_NUL_PATTERN, DatasetName, SourceName, VersionNumber
 
+from .label_studio import LabelAs, version_tasks_json
 from .splits import SplitSpec
 from .store import DatasetStore, EmptyDataset, VersionContention
 
@@ -178,11 +181,36 @@ async def list_versions(request: Request, name: DatasetName) -> Any:
 @router.get("/datasets/{name}/versions/{version}", response_model=DatasetManifest, responses=error_responses(404))
 async def get_version(request: Request, name: DatasetName, version: VersionNumber) -> Any:
     """The full manifest: record ids and content hashes, split counts, config, source offsets."""
-    store = _store(request)
+    return await _manifest(_store(request), name, version)
+
+
+async def _manifest(store: DatasetStore, name: str, version: int) -> dict[str, Any]:
     for v in await store.list_versions(name):
         if v["version"] == version:
             return store.manifest(v["manifest_uri"])
     raise HTTPException(404, {"code": "dataset_version_not_found", "message": f"no version {version} of {name}"})
+
+
+@router.get(
+    "/datasets/{name}/versions/{version}/label-studio",
+    response_model=list[ExportTask],
+    responses=error_responses(404),
+    dependencies=[Depends(only_query("label_as", "from_name", "to_name"))],
+)
+async def export_label_studio(
+    request: Request,
+    name: DatasetName,
+    version: VersionNumber,
+    label_as: Annotated[LabelAs, Query(description="Where a record's label goes in its task.")] = "predictions",
+    from_name: Annotated[str, Query(min_length=1, max_length=100, pattern=NO_NUL_PATTERN)] = "label",
+    to_name: Annotated[str, Query(min_length=1, max_length=100, pattern=NO_NUL_PATTERN)] = "text",
+) -> StreamingResponse:
+    """The version's records as Label Studio tasks (a JSON array, streamed from its shards): the
+    cleaned text, record id and split, and the label as a ``choices`` result (docs/curation.md)."""
+    store = _store(request)
+    manifest = await _manifest(store, name, version)
+    chunks = version_tasks_json(store.artifacts, manifest, label_as=label_as, from_name=from_name, to_name=to_name)
+    return StreamingResponse(chunks, media_type="application/json")
 
 
 @router.get("/dropped", response_model=list[DroppedRecord])

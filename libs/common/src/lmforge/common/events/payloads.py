@@ -35,8 +35,13 @@ def content_hash(text: str) -> str:
 
 
 NO_NUL = NO_NUL_PATTERN
-# No NUL, and at least one character that is not whitespace (as ``str.isspace`` sees it).
-NOT_BLANK = r"^[^\x00]*[^\s\x1c-\x1f\x00][^\x00]*$"
+# No NUL, and at least one character that is not whitespace (as ``str.isspace`` sees it). The
+# whitespace is spelled out, not ``\s``, which means other characters in other engines: pydantic's
+# (Rust) counts U+0085 and not U+FEFF, ECMA-262 (JSON Schema validators) the other way round.
+_WHITESPACE = r"\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NOT_BLANK = rf"^[^\x00]*[^\x00{_WHITESPACE}][^\x00]*$"
+# A record's text, source id and label: at most this many characters.
+TEXT_MAX_CHARS, SOURCE_ID_MAX_CHARS, LABEL_MAX_CHARS = 100_000, 200, 200
 
 _METADATA_KEY = {"type": "string", "maxLength": 200, "pattern": NO_NUL}
 _METADATA_SCALAR = [{"type": "string", "pattern": NO_NUL}, {"type": "number"}, {"type": "boolean"}, {"type": "null"}]
@@ -95,10 +100,12 @@ class UpstreamRecord(BaseModel):
         description="Business system the record comes from: lowercase letters, digits, '.', '_', '-'.",
         examples=["crm"],
     )
-    source_id: str = Field(max_length=200, pattern=NOT_BLANK, description="The record's id in that system.")
-    text: str = Field(max_length=100_000, pattern=NOT_BLANK)
+    source_id: str = Field(
+        max_length=SOURCE_ID_MAX_CHARS, pattern=NOT_BLANK, description="The record's id in that system."
+    )
+    text: str = Field(max_length=TEXT_MAX_CHARS, pattern=NOT_BLANK)
     metadata: Annotated[dict[str, Any], WithJsonSchema(_METADATA_SCHEMA)] = Field(default_factory=dict)
-    label: str | None = Field(default=None, max_length=200, pattern=NO_NUL)
+    label: str | None = Field(default=None, max_length=LABEL_MAX_CHARS, pattern=NO_NUL)
     timestamp: datetime | None = Field(default=None, description="When the record was made: an RFC 3339 string.")
 
     @field_validator("timestamp", mode="before")
