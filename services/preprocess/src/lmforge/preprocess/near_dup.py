@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 from datasketch import MinHash
-from sqlalchemy import delete, select, tuple_, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lmforge.common.db import Database, insert_ignoring_conflicts
@@ -210,9 +210,11 @@ class NearDuplicateIndex:
         if not keys:
             return None, set()
         t = cleaned_records
-        owners = select(near_dup_bands.c.cleaned_id).where(
-            tuple_(near_dup_bands.c.band, near_dup_bands.c.band_hash).in_(keys)
-        )
+        # One equality pair per band, OR-ed: each is a lookup in the primary key. (A row-value IN,
+        # ``(band, band_hash) IN (...)``, makes SQLite scan the whole index: 16 ms a lookup at
+        # 200,000 band rows, against microseconds.)
+        b = near_dup_bands.c
+        owners = select(b.cleaned_id).where(or_(*(and_(b.band == band, b.band_hash == h) for band, h in keys)))
         skipped = set(skip)
         rows = (
             await session.execute(select(t.c.id, t.c.record_id, t.c.text).where(t.c.id.in_(owners)).order_by(t.c.id))
