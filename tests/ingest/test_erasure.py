@@ -10,46 +10,22 @@ was waiting to be published never is; the sweeper publishes the erasure once the
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 from sqlalchemy import select
 
 from lmforge.common.events import RawRecordV1, RecordErasedV1, Topic, decode_event
 from lmforge.common.http import PRINCIPAL_HEADER
 from lmforge.common.kafka import ensure_topics
-from lmforge.common.settings import ArtifactSettings, DatabaseSettings, KafkaSettings
+from lmforge.common.settings import KafkaSettings
 from lmforge.devstack.servers import TansuBroker
-from lmforge.ingest.app import build_app
 from lmforge.ingest.models import erasures, raw_records
-from lmforge.ingest.settings import IngestSettings
 
-from ..helpers import INTERNAL_AUTH, INTERNAL_HEADERS, read_topic, wait_until
+from ..helpers import read_topic, wait_until
+from .test_sweeper import _client, _settings
 
 DPO = {PRINCIPAL_HEADER: json.dumps({"key_id": "k-dpo", "name": "dpo"})}
-
-
-def _settings(kafka: KafkaSettings, tmp_path: Path, unique: str) -> IngestSettings:
-    return IngestSettings(
-        kafka=kafka,
-        database=DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path}/ingest.db"),
-        artifacts=ArtifactSettings(url=str(tmp_path / "artifacts")),
-        internal=INTERNAL_AUTH,
-        upstream_topics=[f"upstream-{unique}"],
-        consumer_group=f"ingest-{unique}",
-        sweep_interval_s=0.2,
-        sweep_grace_s=0.5,
-    )
-
-
-async def _client(settings: IngestSettings) -> AsyncIterator[tuple[httpx.AsyncClient, object]]:
-    app = build_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://ingest", headers=INTERNAL_HEADERS) as client:
-            yield client, app
 
 
 def _rec(source_id: str, text: str) -> dict[str, str]:

@@ -138,32 +138,36 @@ class RawRecordStore:
     async def _publish(self, rows: list[Any]) -> None:
         """Publish stored rows (in the given order) with their fixed event ids, then mark them."""
         t = raw_records
-        events = [
-            (
-                row.record_id,
-                Event(
-                    data=RawRecordV1(
-                        record_id=row.record_id,
-                        source=row.source,
-                        source_id=row.source_id,
-                        text=row.text,
-                        content_hash=row.content_hash,
-                        metadata=row.metadata,
-                        label=row.label,
-                        timestamp=row.timestamp,
-                        ingested_at=row.ingested_at,
-                    ),
-                    source=self.producer.source,
-                    id=row.event_id,
-                    subject=row.record_id,
-                ),
+        payloads = [
+            RawRecordV1(
+                record_id=row.record_id,
+                source=row.source,
+                source_id=row.source_id,
+                text=row.text,
+                content_hash=row.content_hash,
+                metadata=row.metadata,
+                label=row.label,
+                timestamp=row.timestamp,
+                ingested_at=row.ingested_at,
             )
             for row in rows
         ]
+        await self._publish_and_mark(payloads, [r.event_id for r in rows], t, t.c.id, [r.id for r in rows])
+
+    async def _publish_and_mark(
+        self, payloads: list[Any], event_ids: list[str], table: Any, key: Any, keys: list[Any]
+    ) -> datetime:
+        """Publish each payload on ``raw-data`` with its fixed event id, keyed by its record, once
+        the broker acknowledged all of them mark their rows (``key`` in ``keys``) published."""
+        events = [
+            (p.record_id, Event(data=p, source=self.producer.source, id=event_id, subject=p.record_id))
+            for p, event_id in zip(payloads, event_ids, strict=True)
+        ]
         await self.producer.publish_many(Topic.RAW_DATA, events)  # type: ignore[arg-type]
+        now = datetime.now(UTC)
         async with self.db.sessions.begin() as session:
-            ids = [r.id for r in rows]
-            await session.execute(update(t).where(t.c.id.in_(ids)).values(published_at=datetime.now(UTC)))
+            await session.execute(update(table).where(key.in_(keys)).values(published_at=now))
+        return now
 
     async def erase(self, source: str, source_id: str, requested_by: str | None) -> Erasure:
         """Delete every raw row of the record and keep an audit entry, in one transaction; then
@@ -198,31 +202,24 @@ class RawRecordStore:
 
     async def _publish_erasures(self, entries: list[Erasure]) -> Erasure | None:
         """Publish erasure events with their fixed ids, then mark them; returns the last, marked."""
-        events = [
-            (
-                e.record_id,
-                Event(
-                    data=RecordErasedV1(
-                        erasure_id=e.erasure_id,
-                        record_id=e.record_id,
-                        source=e.source,
-                        source_id=e.source_id,
-                        requested_at=e.requested_at,
-                        requested_by=e.requested_by,
-                    ),
-                    source=self.producer.source,
-                    id=e.event_id,
-                    subject=e.record_id,
-                ),
+        if not entries:
+            return None
+        payloads = [
+            RecordErasedV1(
+                erasure_id=e.erasure_id,
+                record_id=e.record_id,
+                source=e.source,
+                source_id=e.source_id,
+                requested_at=e.requested_at,
+                requested_by=e.requested_by,
             )
             for e in entries
         ]
-        await self.producer.publish_many(Topic.RAW_DATA, events)  # type: ignore[arg-type]
-        now = datetime.now(UTC)
-        async with self.db.sessions.begin() as session:
-            ids = [e.erasure_id for e in entries]
-            await session.execute(update(erasures).where(erasures.c.erasure_id.in_(ids)).values(published_at=now))
-        return Erasure(**{**entries[-1].__dict__, "published_at": now}) if entries else None
+        ids = [e.erasure_id for e in entries]
+        now = await self._publish_and_mark(
+            payloads, [e.event_id for e in entries], erasures, erasures.c.erasure_id, ids
+        )
+        return Erasure(**{**entries[-1].__dict__, "published_at": now})
 
     async def publish_stranded(self, older_than_s: float, limit: int) -> tuple[int, float]:
         """Publish rows stored but never acknowledged (their request got a 503, or the process
