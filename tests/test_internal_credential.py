@@ -19,7 +19,13 @@ from lmforge.devstack.servers import free_port
 from .helpers import INTERNAL_AUTH, INTERNAL_HEADERS
 
 INTERNAL_SERVICES = ["ingest", "preprocess", "trainer", "registry", "inference"]
-PATH_VALUES = {"name": "m", "version": "1", "alias": "production", "job_id": "job-0123456789ab"}
+PATH_VALUES = {
+    "name": "m",
+    "version": "1",
+    "alias": "production",
+    "job_id": "job-0123456789ab",
+    "erasure_id": "0b9e6c1a-4f7d-4c3e-9a2b-5d8e7f6a1b2c",
+}
 # One call per service that must succeed with the credential.
 WORKS = {
     "ingest": ("POST", "/records", {"json": {"source": "crm", "source_id": "1", "text": "hello"}}, 202),

@@ -278,6 +278,55 @@ async def test_int8_precision_on_a_llama_model(
         served.close()
 
 
+async def test_a_client_that_goes_away_stops_its_generation_in_triton(
+    triton: TritonServer, served: Served, tmp_path: Path
+) -> None:
+    """The service's client (``TritonModels.generate``) leaves a stream after its first delta, as
+    inference does when the HTTP caller disconnects: Triton cancels the request, the runtime sees it
+    at its next check and stops generating. Its log says after how many of the tokens asked for."""
+    import re
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lmforge.inference.triton import GenerationRequest as ClientRequest
+    from lmforge.inference.triton import TritonModels
+
+    from .runtime_helpers import build_tokenizer
+
+    # Random weights and a long context: greedy decoding that never meets the end token, a few
+    # milliseconds a token, so 400 tokens take far longer than a cancellation needs to arrive.
+    torch.manual_seed(3)
+    tok = build_tokenizer([p + a for p, a in CORPUS] * 5, vocab_size=400)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    prompt, max_tokens = PROMPTS[0], 400
+    _, ids = greedy(model, tok, prompt, max_tokens)
+    assert tok.eos_token_id not in ids and len(ids) == max_tokens, "it would run the whole way"
+    local = tmp_path / "llama"
+    model.save_pretrained(local)
+    tok.save_pretrained(local)
+    name = served.deploy("rt-llama-cancel-v1", served.store.put_dir(local, "models/llama-cancel/run-1"))
+    models = TritonModels(served.settings.model_copy(update={"triton_grpc_url": f"127.0.0.1:{triton.grpc_port}"}))
+    try:
+        deltas = models.generate(name, ClientRequest(prompt=prompt, max_tokens=max_tokens, stream=True))
+        first = await anext(deltas)
+        assert first.finish_reason is None and first.completion_tokens < max_tokens
+        await deltas.aclose()  # the caller went away
+
+        pattern = rf"lmforge runtime {name}: a request was cancelled by its client after (\d+) of {max_tokens} tokens"
+        deadline = asyncio.get_running_loop().time() + 30
+        while (found := re.search(pattern, triton.log_path.read_text(errors="replace"))) is None:
+            assert asyncio.get_running_loop().time() < deadline, "Triton never saw the cancellation"
+            await asyncio.sleep(0.1)
+        assert int(found[1]) < max_tokens // 2, f"stopped after {found[1]} of {max_tokens} tokens"
+    finally:
+        await models.close()
+
+
 # -- in-process: the plain-Python core and the repository, no Triton --------------------------
 
 

@@ -570,6 +570,10 @@ class TritonPythonModel:
                 if delta.finish_reason == "cancelled":
                     del open_[delta.index]
                     state.sender.send(flags=final)
+                    pb_utils.Logger.log_info(
+                        f"lmforge runtime {self.name}: a request was cancelled by its client "
+                        f"after {delta.completion_tokens} of {batch[delta.index].max_tokens} tokens"
+                    )
                 elif delta.finish_reason is not None:
                     del open_[delta.index]
                     text = delta.text if state.stream else "".join(state.text) + delta.text
