@@ -368,6 +368,31 @@ async def test_a_reviewed_label_for_the_same_text_is_an_edit(client: httpx.Async
         assert r.json()["records"][0]["status"] == status, (label, r.text)
 
 
+async def test_a_reviewed_task_of_an_erased_record_does_not_bring_it_back(client: httpx.AsyncClient) -> None:
+    """Exported, then erased, then the reviewer's annotations come back: the import is refused
+    naming the task, and nothing is stored. Sent again after that (new data), it is kept."""
+    record = {"source": "shop", "source_id": "9", "text": "My email is li.na@example.com, call me"}
+    assert (await client.post("/records", json=record)).status_code == 202
+    erasure = await client.post("/erasures", json={"source": "shop", "source_id": "9"})
+    assert erasure.status_code == 202, erasure.text
+    erased_task = {"text": "My email is [EMAIL], call me", "record_id": "shop:9"}
+    reviewed = [
+        {"id": 1, "data": {"text": "Where is my parcel?", "record_id": "shop:10"}},
+        {"id": 9, "data": erased_task, "annotations": [{"result": [CHOICE]}]},
+    ]
+    r = await client.post("/records/label-studio", params={"source": "reviewed"}, json=reviewed)
+    assert r.status_code == 409, r.text
+    error = r.json()["error"]
+    assert error["code"] == "record_erased" and error["message"].startswith(
+        "tasks[1].data.record_id: shop:9 was erased"
+    )
+    assert await _stored(client, "shop:9") == [] and await _stored(client, "shop:10") == []
+    assert (await client.post("/records", json=record)).status_code == 202, "sent again: new data"
+    r = await client.post("/records/label-studio", params={"source": "reviewed"}, json=reviewed[1:])
+    assert r.status_code == 202, r.text
+    assert [row.label for row in await _stored(client, "shop:9")] == [None, "refund"]
+
+
 async def test_the_task_schema_is_declared(client: httpx.AsyncClient) -> None:
     spec = (await client.get("/openapi.json")).json()
     op = spec["paths"]["/records/label-studio"]["post"]

@@ -98,6 +98,10 @@ async def test_an_erased_record_leaves_no_text_in_any_store_here(database: Datab
         kept_ids = (await s.execute(select(cleaned_records.c.id).where(cleaned_records.c.record_id == "crm:T-1"))).all()
         assert len(kept_ids) == 2 and (await s.execute(select(near_dup_bands))).first() is not None
 
+    async with database.sessions() as s:
+        near = (await s.execute(select(dropped_records).where(dropped_records.c.record_id == "crm:T-9"))).one()
+    assert (near.reason, near.duplicate_of) == ("near_duplicate", "crm:T-1")
+
     request = erasure("T-1")
     event_id = await p.send(request)
 
@@ -128,6 +132,13 @@ async def test_an_erased_record_leaves_no_text_in_any_store_here(database: Datab
     stored = p.artifact_bytes()
     for fragment in ("parcel arrived damaged", "two weeks", "crm:T-1", content_hash(T1)[:16]):
         assert fragment.encode() not in stored, f"{fragment!r} is still in the artifact store"
+
+    async with database.sessions() as s:
+        near = (await s.execute(select(dropped_records).where(dropped_records.c.record_id == "crm:T-9"))).one()
+    assert (near.reason, near.duplicate_of) == ("near_duplicate", None), "its duplicate stays dropped, unnamed"
+    # A redelivery after a crash between the rewrite and the audit entry still names both versions.
+    again = await p.store.remove_from_versions({"crm:T-1"}, request.erasure_id)
+    assert again == [{"dataset": "tickets", "version": 1}, {"dataset": "tickets", "version": 2}]
 
     entry = await p.store.erasure(request.erasure_id)
     assert entry is not None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from lmforge.common.artifacts import ArtifactStore
 from lmforge.common.db import Database, OutboxRelay
-from lmforge.common.events import Event
+from lmforge.common.events import Event, content_hash
 from lmforge.common.kafka import EventProducer, InboundMessage
 from lmforge.common.settings import KafkaSettings
 from lmforge.devstack.servers import PostgresCluster
@@ -320,3 +321,39 @@ async def test_a_changed_threshold_rebuilds_the_index_from_the_stored_signatures
 async def _find(database: Database, index: NearDuplicateIndex, text: str) -> tuple[NearDuplicate | None, set[int]]:
     async with database.sessions() as s:
         return await index.find(s, index.fingerprint(text), "crm:probe")
+
+
+async def test_a_rebuild_of_a_large_index_at_a_low_threshold_fits_the_driver(database: Database) -> None:
+    """At 0.5 a record has dozens of bands: a page of records is more band rows than PostgreSQL's
+    driver takes parameters in one statement (32,767), so the rebuild inserts them in chunks."""
+    await database.create_all(metadata)
+    at_05 = NearDuplicateIndex(0.5)
+    kept = 1_200
+    assert kept * at_05.bands * 3 > 32_767 and at_05.bands > 10
+    now = datetime.now(UTC)
+    rows = []
+    for i in range(kept):
+        text = f"ticket {i}: " + " ".join(f"w{(i * 7919 + j * 104729) % 100_003}" for j in range(12))
+        rows.append(
+            {
+                "record_id": f"crm:R-{i}",
+                "raw_event_id": f"e-{i}",
+                "content_hash": content_hash(text),
+                "raw_content_hash": content_hash(text),
+                "source": "crm",
+                "text": text,
+                "metadata": {},
+                "masked_entities": {},
+                "split": "train",
+                "source_partition": 0,
+                "source_offset": i,
+                "created_at": now,
+                "minhash": at_05.fingerprint(text).signature,
+            }
+        )
+    async with database.sessions.begin() as s:
+        await s.execute(cleaned_records.insert(), rows)
+    assert await at_05.ensure_index(database) == kept
+    async with database.sessions() as s:
+        owners = (await s.execute(select(func.count(func.distinct(near_dup_bands.c.cleaned_id))))).scalar_one()
+    assert owners == kept, "every kept record owns band rows"

@@ -176,7 +176,7 @@ async def _accept(
     "/records/label-studio",
     status_code=202,
     response_model=IngestResponse,
-    responses=error_responses(400, 413, 415, 422, 503),
+    responses=error_responses(400, 409, 413, 415, 422, 503),
     openapi_extra=label_studio_body(),
     dependencies=[Depends(only_query("source"))],
 )
@@ -200,7 +200,23 @@ async def post_label_studio(
         index, field = _task_field(err["loc"])
         raise _invalid(f"tasks[{index}].{field}: {err['msg']}", index=index, field=field) from exc
     store: RawRecordStore = request.app.state.store
-    named = await store.latest({t.data.record_id for t in parsed if t.data.record_id is not None})
+    named_ids = {t.data.record_id for t in parsed if t.data.record_id is not None}
+    # A reviewed task of a record erased since (nothing stored after its erasure) must not bring
+    # its text back: the import is refused, naming the task.
+    named = await store.latest(named_ids)
+    erased = await store.erased(named_ids - named.keys())
+    for index, task in enumerate(parsed):
+        if task.data.record_id in erased:
+            raise HTTPException(
+                409,
+                {
+                    "code": "record_erased",
+                    "message": f"tasks[{index}].data.record_id: {task.data.record_id} was erased "
+                    f"(erasure {erased[task.data.record_id]}); take it out of the import",
+                    "index": index,
+                    "field": "data.record_id",
+                },
+            )
     stored = {k: StoredRecord(r.text, r.label, r.metadata, r.timestamp) for k, r in named.items()}
     return await _accept(request, tasks_to_records(parsed, source, stored), "tasks", _TASK_FIELDS)
 

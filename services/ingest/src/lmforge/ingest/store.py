@@ -135,6 +135,21 @@ class RawRecordStore:
             rows = (await session.execute(select(t).where(t.c.id.in_(newest)))).all()
         return {row.record_id: row for row in rows}
 
+    async def erased(self, record_ids: set[str]) -> dict[str, str]:
+        """Of these records, the ones with an erasure: record id -> its latest erasure id."""
+        if not record_ids:
+            return {}
+        e = erasures
+        async with self.db.sessions() as session:
+            rows = (
+                await session.execute(
+                    select(e.c.record_id, e.c.erasure_id)
+                    .where(e.c.record_id.in_(record_ids))
+                    .order_by(e.c.requested_at)
+                )
+            ).all()
+        return {row.record_id: row.erasure_id for row in rows}
+
     async def _publish(self, rows: list[Any]) -> None:
         """Publish stored rows (in the given order) with their fixed event ids, then mark them."""
         t = raw_records

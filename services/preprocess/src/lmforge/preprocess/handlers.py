@@ -245,6 +245,10 @@ class RawRecordHandler:
         async with self.db.sessions.begin() as session:
             cleaned = await session.execute(delete(cleaned_records).where(cleaned_records.c.record_id == record_id))
             dropped = await session.execute(delete(dropped_records).where(dropped_records.c.record_id == record_id))
+            # Records dropped as its duplicates stay dropped, but no longer name it.
+            await session.execute(
+                update(dropped_records).where(dropped_records.c.duplicate_of == record_id).values(duplicate_of=None)
+            )
             forgotten = await outbox.forget(session, topic=Topic.CLEANED_DATA, key=record_id)
             await session.execute(
                 insert_ignoring_conflicts(

@@ -32,6 +32,7 @@ SEED = 1
 SCHEME = "affine32"  # pinned, so a datasketch upgrade cannot silently change every signature
 RECALL_AT_THRESHOLD = 0.95
 OPERATOR = "minhash_lsh"
+BAND_ROWS_PER_INSERT = 5_000
 
 BandKey = tuple[int, int]
 
@@ -183,8 +184,12 @@ class NearDuplicateIndex:
                         signature = self.fingerprint(row.text).signature
                         await session.execute(update(t).where(t.c.id == row.id).values(minhash=signature))
                     bands += [{"band": b, "band_hash": h, "cleaned_id": row.id} for b, h in self.band_keys(signature)]
-                # The first kept record owns a band row: pages go in id order, and so do rows in a page.
-                await session.execute(insert_ignoring_conflicts(db.dialect, near_dup_bands, bands))
+                # The first kept record owns a band row: pages go in id order, and so do rows in a
+                # page. At most BAND_ROWS_PER_INSERT rows a statement: three parameters a row, and
+                # PostgreSQL (asyncpg) takes at most 32,767 parameters in one statement.
+                for i in range(0, len(bands), BAND_ROWS_PER_INSERT):
+                    chunk = bands[i : i + BAND_ROWS_PER_INSERT]
+                    await session.execute(insert_ignoring_conflicts(db.dialect, near_dup_bands, chunk))
                 indexed += len(rows)
                 last = rows[-1].id
             await session.execute(

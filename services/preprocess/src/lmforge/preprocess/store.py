@@ -181,7 +181,9 @@ class DatasetStore:
         removed = [r for r in manifest["records"] if r["record_id"] in record_ids]
         superseded = [r for r in manifest.get("superseded", []) if r["record_id"] in record_ids]
         if not removed and not superseded:
-            return manifest, False
+            # Already rewritten for this erasure (a redelivery after a crash between the rewrite
+            # and the audit entry): still one of the versions it changed.
+            return manifest, any(e.get("erasure_id") == erasure_id for e in manifest.get("erased", []))
         ids = pa.array(sorted(record_ids), type=pa.string())
         for split in sorted({r["split"] for r in removed}):
             key = self.artifacts.key_of(manifest["shards"][split])
