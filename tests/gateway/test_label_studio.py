@@ -18,13 +18,14 @@ from sqlalchemy import select
 
 from lmforge.common.artifacts import ArtifactStore
 from lmforge.common.db import Database, OutboxRelay
-from lmforge.common.events import Event, RawRecordV1, UpstreamRecord
+from lmforge.common.events import Event, UpstreamRecord
 from lmforge.common.http import create_app
 from lmforge.common.kafka import EventProducer, InboundMessage
 from lmforge.common.label_studio import ExportTask
 from lmforge.common.settings import KafkaSettings
 from lmforge.ingest.app import build_app as build_ingest
 from lmforge.ingest.models import raw_records
+from lmforge.ingest.store import raw_record_payload
 from lmforge.preprocess import api as preprocess_api
 from lmforge.preprocess.handlers import RawRecordHandler
 from lmforge.preprocess.models import metadata, outbox
@@ -173,18 +174,7 @@ async def _clean_what_ingest_stored(setup: Setup, source: str, done: set[int]) -
         if row.id in done:
             continue
         done.add(row.id)
-        raw = RawRecordV1(
-            record_id=row.record_id,
-            source=row.source,
-            source_id=row.source_id,
-            text=row.text,
-            content_hash=row.content_hash,
-            metadata=row.metadata,
-            label=row.label,
-            timestamp=row.timestamp,
-            ingested_at=row.ingested_at,
-        )
-        value, headers = Event(data=raw, source="tests", id=row.event_id).to_kafka()
+        value, headers = Event(data=raw_record_payload(row), source="tests", id=row.event_id).to_kafka()
         await handle(InboundMessage("raw-data", 0, 1000 + row.id, row.record_id.encode(), value, tuple(headers), 0))
 
 

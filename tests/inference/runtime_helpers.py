@@ -144,6 +144,20 @@ CORPUS = [
 ]
 
 
+def tiny_gpt2_config(tok: PreTrainedTokenizerFast, n_positions: int) -> GPT2Config:
+    """A one-layer GPT-2 (16 wide, 2 heads) over ``tok``, whose end token ends, starts and pads."""
+    return GPT2Config(
+        vocab_size=len(tok),
+        n_positions=n_positions,
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+
+
 def build_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
     """A byte-level BPE (GPT-2's scheme: every byte representable) trained on ``texts``."""
     bpe = Tokenizer(models.BPE())
@@ -167,16 +181,7 @@ def tiny_gpt2(folder: Path) -> Path:
     answers and on transformers' own generate as the reference."""
     torch.manual_seed(20261124)
     tok = build_tokenizer([p + a for p, a in CORPUS] * 5, vocab_size=400)
-    config = GPT2Config(
-        vocab_size=len(tok),
-        n_positions=64,
-        n_embd=16,
-        n_layer=1,
-        n_head=2,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
+    config = tiny_gpt2_config(tok, n_positions=64)
     model = GPT2LMHeadModel(config)
     batch = tok([p + a + tok.eos_token for p, a in CORPUS], padding=True, return_tensors="pt")
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 from sqlalchemy import select
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2LMHeadModel
 
 from lmforge.common.artifacts import ArtifactStore
 from lmforge.common.db import Database, OutboxRelay
@@ -21,7 +21,7 @@ from lmforge.inference.reconciler import Reconciler
 from lmforge.inference.settings import InferenceSettings
 from lmforge.inference.triton import GenerationRequest, TritonModels
 
-from .runtime_helpers import build_tokenizer
+from .runtime_helpers import build_tokenizer, tiny_gpt2_config
 
 
 def grpc_url(triton: TritonServer) -> str:
@@ -31,16 +31,7 @@ def grpc_url(triton: TritonServer) -> str:
 def save_tiny_model(store: ArtifactStore, key: str) -> str:
     """A one-layer GPT-2 with random weights and a 32-token context (deploys in seconds)."""
     tok = build_tokenizer(["Customer: hello Agent: hi there"] * 20, vocab_size=300)
-    config = GPT2Config(
-        vocab_size=len(tok),
-        n_positions=32,
-        n_embd=16,
-        n_layer=1,
-        n_head=2,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
+    config = tiny_gpt2_config(tok, n_positions=32)
     with tempfile.TemporaryDirectory() as tmp:
         GPT2LMHeadModel(config).save_pretrained(tmp)
         tok.save_pretrained(tmp)

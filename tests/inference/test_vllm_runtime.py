@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
-from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+from transformers import AutoTokenizer, GPT2LMHeadModel
 
 from lmforge.common.artifacts import ArtifactStore
 from lmforge.devstack.servers import TritonServer
@@ -50,6 +50,7 @@ from .runtime_helpers import (
     model_args,
     outputs,
     tiny_gpt2,
+    tiny_gpt2_config,
     tiny_lora,
     version_folder,
     wait_final,
@@ -70,16 +71,7 @@ def save_weights(folder: Path, chat: bool = False) -> Path:
     if chat:
         tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
         tok.chat_template = CHAT_TEMPLATE
-    config = GPT2Config(
-        vocab_size=len(tok),
-        n_positions=64,
-        n_embd=16,
-        n_layer=1,
-        n_head=2,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
+    config = tiny_gpt2_config(tok, n_positions=64)
     GPT2LMHeadModel(config).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder

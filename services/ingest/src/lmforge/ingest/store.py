@@ -153,20 +153,7 @@ class RawRecordStore:
     async def _publish(self, rows: list[Any]) -> None:
         """Publish stored rows (in the given order) with their fixed event ids, then mark them."""
         t = raw_records
-        payloads = [
-            RawRecordV1(
-                record_id=row.record_id,
-                source=row.source,
-                source_id=row.source_id,
-                text=row.text,
-                content_hash=row.content_hash,
-                metadata=row.metadata,
-                label=row.label,
-                timestamp=row.timestamp,
-                ingested_at=row.ingested_at,
-            )
-            for row in rows
-        ]
+        payloads = [raw_record_payload(row) for row in rows]
         await self._publish_and_mark(payloads, [r.event_id for r in rows], t, t.c.id, [r.id for r in rows])
 
     async def _publish_and_mark(
@@ -273,6 +260,21 @@ class RawRecordStore:
                 await session.execute(select(func.min(e.c.requested_at)).where(e.c.published_at.is_(None)))
             ).scalar_one_or_none()
         return max(_age_s(oldest_record), _age_s(oldest_erasure))
+
+
+def raw_record_payload(row: Any) -> RawRecordV1:
+    """The ``raw-data`` payload of a stored ``raw_records`` row."""
+    return RawRecordV1(
+        record_id=row.record_id,
+        source=row.source,
+        source_id=row.source_id,
+        text=row.text,
+        content_hash=row.content_hash,
+        metadata=row.metadata,
+        label=row.label,
+        timestamp=row.timestamp,
+        ingested_at=row.ingested_at,
+    )
 
 
 def _erasure(row: Any) -> Erasure:
