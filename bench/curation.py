@@ -7,12 +7,13 @@ Both sides read the same generated records (mixed Chinese and English support ti
 HTML, mojibake, exact and near duplicates, and junk the filters should drop), one after the
 other, pinned to the same single CPU core:
 
-- **lmforge**: ``RawRecordHandler``, the function preprocess's Kafka consumer calls for each
-  ``raw-data`` record, minus Kafka: the default recipe (cleaning, filters, Chinese and English PII
-  masking), exact dedup, the streaming near-duplicate check against the LSH index in the service's
-  SQLite database (migrated as the service migrates it), and the cleaned record stored with its
-  outbox row, one transaction per record. Records/s in one process on one core, so records/s is
-  records/s/core.
+- **lmforge**: ``RawRecordHandler.handle_batch``, what preprocess's Kafka consumer calls with a
+  partition's queued ``raw-data`` records (``--batch-size``, default the consumer's
+  ``max_batch_size``; 1: one record at a time), minus Kafka: the default recipe (cleaning,
+  filters, Chinese and English PII masking), exact dedup, the streaming near-duplicate check
+  against the LSH index in the service's SQLite database (migrated as the service migrates it),
+  and the cleaned records stored with their outbox rows, one transaction per batch. Records/s in
+  one process on one core, so records/s is records/s/core.
 - **datatrove** (``--peer-python``, its own virtualenv, ``make .venv-peer``): the closest
   equivalent operators (docs/benchmarks.md, "Curation", lists them), then its MinHash dedup, all
   four stages, one task after the other in one process. It runs in a subprocess (this file again,
@@ -280,16 +281,17 @@ def make_records(n: int, seed: int = 5) -> list[dict[str, Any]]:
 # --- lmforge -------------------------------------------------------------------------------------
 
 
-async def run_lmforge(records: list[dict[str, Any]], workdir: Path) -> dict[str, Any]:
-    """Every record through preprocess's ``raw-data`` handler, one at a time, as the consumer calls
-    it; the database is a fresh SQLite file migrated as the service migrates it."""
+async def run_lmforge(records: list[dict[str, Any]], workdir: Path, batch_size: int) -> dict[str, Any]:
+    """Every record through preprocess's ``raw-data`` handler, in batches of ``batch_size`` as the
+    consumer hands them over; the database is a fresh SQLite file migrated as the service migrates it."""
     from datetime import UTC, datetime
 
+    from opentelemetry import trace
     from sqlalchemy import func, select
 
     from lmforge.common.db import Database, OutboxRelay, upgrade_database
     from lmforge.common.events import Event, RawRecordV1, content_hash, record_key
-    from lmforge.common.kafka import EventProducer, InboundMessage
+    from lmforge.common.kafka import BatchItem, EventProducer, InboundMessage
     from lmforge.common.settings import KafkaSettings
     from lmforge.preprocess.app import MIGRATIONS
     from lmforge.preprocess.handlers import RawRecordHandler
@@ -322,16 +324,20 @@ async def run_lmforge(records: list[dict[str, Any]], workdir: Path) -> dict[str,
         messages.append(InboundMessage("raw-data", 0, offset, raw.record_id.encode(), value, tuple(headers), 0))
     await handle(messages[0])  # the first record loads py3langid's model and opens the connection
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    for msg in messages[1:]:
-        await handle(msg)
+    timed = messages[1:]
+    if batch_size == 1:
+        for msg in timed:
+            await handle(msg)
+    else:
+        for i in range(0, len(timed), batch_size):
+            await handle.handle_batch([BatchItem(m, trace.INVALID_SPAN) for m in timed[i : i + batch_size]])
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     async with db.sessions() as s:
         kept = (await s.execute(select(func.count()).select_from(cleaned_records))).scalar_one()
         by_reason = select(dropped_records.c.reason, func.count()).group_by(dropped_records.c.reason)
         reasons: dict[str, int] = {reason: n for reason, n in (await s.execute(by_reason)).all()}
     await db.dispose()
-    timed = len(messages) - 1
-    return {"records": timed, "seconds": wall, "cpu_seconds": cpu, "kept": kept, "dropped": reasons}
+    return {"records": len(timed), "seconds": wall, "cpu_seconds": cpu, "kept": kept, "dropped": reasons}
 
 
 # --- datatrove (runs in its own virtualenv: only the standard library and datatrove here) -------
@@ -493,6 +499,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--peer-python", type=Path, default=DEFAULT_PEER_PYTHON)
     parser.add_argument("--cpu", type=int, help="the core both sides are pinned to (default: the last one allowed)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="records per handler call (default: the consumer's max_batch_size; 1: one at a time)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the working folder (databases, peer output)")
     parser.add_argument("--run-peer", nargs=2, type=Path, metavar=("RECORDS", "WORKDIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -504,6 +515,10 @@ def main() -> None:
 
     import asyncio
     import shutil
+
+    from lmforge.common.settings import KafkaSettings
+
+    batch_size = args.batch_size or KafkaSettings().max_batch_size
 
     # One core for both sides, the peer's subprocess included (it inherits the mask), set before
     # any thread starts so that aiosqlite's worker thread shares it.
@@ -522,7 +537,7 @@ def main() -> None:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
         (workdir / "lmforge").mkdir()
         (workdir / "peer").mkdir()
-        ours = asyncio.run(run_lmforge(records, workdir / "lmforge"))
+        ours = asyncio.run(run_lmforge(records, workdir / "lmforge", batch_size))
         theirs = peer(records_file, workdir / "peer", args.peer_python)
     finally:
         if args.keep:
@@ -541,7 +556,7 @@ def main() -> None:
         f"datatrove: {theirs['records']} records in {theirs['seconds']:.2f} s ({theirs['cpu_seconds']:.2f} s CPU; "
         f"{stages}), kept {theirs['kept']}, dropped {sum(theirs['dropped'].values())}: {_counts(theirs['dropped'])}"
     )
-    print(f"one process each, pinned to core {cpu}: records/s is records/s/core")
+    print(f"one process each, pinned to core {cpu}: records/s is records/s/core; lmforge batches of {batch_size}")
     ours_cpu, theirs_cpu = ours["records"] / ours["cpu_seconds"], theirs["records"] / theirs["cpu_seconds"]
     print(
         f"by CPU time (less sensitive to other processes on the core): lmforge {ours_cpu:.0f} records/CPU-s "

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,8 @@ from lmforge.preprocess import api
 from lmforge.preprocess.handlers import RawRecordHandler
 from lmforge.preprocess.models import cleaned_records, dropped_records, metadata, near_dup_bands, outbox
 from lmforge.preprocess.near_dup import (
-    BandKey,
     Fingerprint,
+    IndexView,
     NearDuplicate,
     NearDuplicateIndex,
     band_shape,
@@ -174,43 +174,33 @@ async def test_same_records_same_order_same_survivors(database: Database, tmp_pa
 
 
 class _RacingIndex(NearDuplicateIndex):
-    """Holds each first lookup until both replicas have made theirs: neither can see the other."""
+    """Holds each replica's first view of the index until both have read theirs: neither can see
+    the other's record."""
 
-    def __init__(self, barrier: asyncio.Barrier, rechecks: list[NearDuplicate | None]) -> None:
+    def __init__(self, barrier: asyncio.Barrier, views: list[int]) -> None:
         super().__init__()
-        self.barrier, self.rechecks = barrier, rechecks
+        self.barrier, self.views = barrier, views
 
-    async def find(
-        self,
-        session: AsyncSession,
-        fp: Fingerprint,
-        record_id: str,
-        bands: Sequence[BandKey] | None = None,
-        skip: Iterable[int] = (),
-    ) -> tuple[NearDuplicate | None, set[int]]:
-        found = await super().find(session, fp, record_id, bands, skip)
-        if bands is None:  # the first lookup, not the re-check after a conflict
+    async def view(self, session: AsyncSession, fingerprints: Iterable[Fingerprint]) -> IndexView:
+        found = await super().view(session, fingerprints)
+        self.views.append(len(found.owners))
+        if len(self.views) <= 2:  # the first view of each replica, not the second look after a conflict
             await self.barrier.wait()
         return found
-
-    async def add(self, *args: Any) -> NearDuplicate | None:
-        result = await super().add(*args)
-        self.rechecks.append(result)
-        return result
 
 
 async def test_two_replicas_racing_keep_one_of_two_near_duplicates(postgres: PostgresCluster, unique: str) -> None:
     database = Database(postgres.create_database(f"race_{unique}"))
     try:
         await database.create_all(metadata)
-        barrier, rechecks = asyncio.Barrier(2), []  # type: ignore[var-annotated]
-        replicas = [_handler(database, _RacingIndex(barrier, rechecks)) for _ in range(2)]
+        barrier, views = asyncio.Barrier(2), []  # type: ignore[var-annotated]
+        replicas = [_handler(database, _RacingIndex(barrier, views)) for _ in range(2)]
         await asyncio.gather(replicas[0](_message(0, "E-1", EN)), replicas[1](_message(1, "E-2", EN_COPY)))
         kept = await _kept(database)
         assert len(kept) == 1, "both lookups saw nothing; the band rows' key made the second one wait and see"
         dropped = await _dropped(database)
         assert len(dropped) == 1 and next(iter(dropped.values()))["duplicate_of"] == kept[0]
-        assert sum(r is not None for r in rechecks) == 1, "found by the re-check after the conflict"
+        assert views == [0, 0, views[2]] and views[2] > 0, "the second replica decided again, and saw the first's"
         async with database.sessions() as s:
             owners = set((await s.execute(select(near_dup_bands.c.cleaned_id))).scalars())
             ids = set((await s.execute(select(cleaned_records.c.id))).scalars())
@@ -305,7 +295,7 @@ async def test_a_changed_threshold_rebuilds_the_index_from_the_stored_signatures
 
     at_08 = NearDuplicateIndex(0.8)
     assert (at_08.bands, at_08.rows) != (at_09.bands, at_09.rows)
-    stale, _ = await _find(database, at_08, near)
+    stale = await _find(database, at_08, near)
     assert stale is None, "under the new banding the old rows never match"
     assert await at_08.ensure_index(database) == 2
     assert await at_08.ensure_index(database) is None, "already this banding's"
@@ -318,7 +308,7 @@ async def test_a_changed_threshold_rebuilds_the_index_from_the_stored_signatures
     assert dropped["threshold"] == 0.8 and dropped["measured"] == similarity
 
 
-async def _find(database: Database, index: NearDuplicateIndex, text: str) -> tuple[NearDuplicate | None, set[int]]:
+async def _find(database: Database, index: NearDuplicateIndex, text: str) -> NearDuplicate | None:
     async with database.sessions() as s:
         return await index.find(s, index.fingerprint(text), "crm:probe")
 

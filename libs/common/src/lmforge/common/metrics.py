@@ -27,6 +27,11 @@ outbox_pending = Gauge("lmforge_outbox_pending", "Outbox rows seen unpublished o
 consumer_poll_errors = Counter(
     "lmforge_consumer_poll_errors_total", "Polls (getmany) that failed and were retried.", ("group",)
 )
+consumer_batch_fallbacks = Counter(
+    "lmforge_consumer_batch_fallbacks_total",
+    "Batches whose batch handler raised, so their records were handled one at a time.",
+    ("group", "topic"),
+)
 consumer_dead_letter_rejected = Counter(
     "lmforge_consumer_dead_letter_rejected_total",
     "Dead letters the broker refused for good (a smaller fallback letter follows).",

@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from .artifacts import ArtifactStore
 from .db import Database, Outbox, OutboxRelay, upgrade_database
-from .kafka import BrokerUnavailable, ConsumerRunner, EventProducer, Handler
+from .kafka import BatchHandler, BrokerUnavailable, ConsumerRunner, EventProducer, Handler
 from .kafka.admin import ensure_topics
 from .settings import ServiceSettings
 from .supervisor import Progress, Supervisor
@@ -65,12 +65,17 @@ class ServiceRuntime:
             self.supervisor.add("outbox-relay", self.relay.run, progress=self.relay.progress)
         self.started = False
 
-    def consume(self, group_id: str, topics: Sequence[str], handler: Handler) -> ConsumerRunner:
+    def consume(
+        self, group_id: str, topics: Sequence[str], handler: Handler, batch_handler: BatchHandler | None = None
+    ) -> ConsumerRunner:
+        """Run ``handler`` for each record of ``topics`` (``batch_handler``, where given, for a
+        partition's queued records together; ``handler`` is then the one-at-a-time fallback)."""
         runner = ConsumerRunner(
             self.settings.kafka,
             group_id=group_id,
             topics=topics,
             handler=handler,
+            batch_handler=batch_handler,
             producer=self.producer,
             artifacts=self.artifacts,
         )

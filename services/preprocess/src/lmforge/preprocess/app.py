@@ -32,11 +32,8 @@ def build_app(settings: PreprocessSettings | None = None) -> FastAPI:
     datasets = DatasetStore(runtime.db, runtime.artifacts, runtime.relay, near_dups, recipe)
     if near_dups is not None:  # rows written under another threshold are rebuilt before any record is read
         runtime.prepare(lambda: near_dups.ensure_index(runtime.db))
-    runtime.consume(
-        settings.consumer_group,
-        [Topic.RAW_DATA],
-        RawRecordHandler(runtime.db, settings.consumer_group, runtime.relay, pipeline, near_dups, datasets),
-    )
+    handler = RawRecordHandler(runtime.db, settings.consumer_group, runtime.relay, pipeline, near_dups, datasets)
+    runtime.consume(settings.consumer_group, [Topic.RAW_DATA], handler, batch_handler=handler.handle_batch)
     app = create_app("preprocess", lifespan=runtime.lifespan, readiness=runtime.readiness(), internal=settings.internal)
     app.state.settings, app.state.runtime = settings, runtime
     app.state.datasets = datasets

@@ -1,34 +1,93 @@
 """``raw-data`` -> the recipe (clean, filter, mask), de-duplicate, split -> ``cleaned-data`` (through the outbox).
 
+Records are handled in batches (what the consumer runner has queued for a partition): the recipe
+runs per record, then one transaction decides and writes them all, in a few multi-row statements.
 An erasure on ``raw-data`` (``lmforge.record.erased.v1``) removes the record from every store here
 and is passed on to ``cleaned-data`` (docs/curation.md, "Erasure").
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import cast
+from typing import Any, cast
 
+from opentelemetry import trace
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from lmforge.common.db import Database, OutboxRelay, insert_ignoring_conflicts
-from lmforge.common.events import CleanedRecordV2, Event, RawRecordV1, RecordErasedV1, Split, Topic, content_hash
-from lmforge.common.kafka import InboundMessage
+from lmforge.common.db import Database, OutboxRelay, as_utc, insert_ignoring_conflicts
+from lmforge.common.events import CleanedRecordV2, Event, RawRecordV1, RecordErasedV1, Topic, content_hash
+from lmforge.common.kafka import BatchItem, InboundMessage
 from lmforge.common.telemetry import get_logger
 
 from .cleaning import split_for
 from .models import DropReason, cleaned_records, dropped_records, erasures, inbox, outbox
 from .near_dup import OPERATOR as NEAR_DUP_OPERATOR
-from .near_dup import Fingerprint, NearDuplicate, NearDuplicateIndex
+from .near_dup import Candidate, Fingerprint, IndexView, NearDuplicate, NearDuplicateIndex
 from .recipe import Outcome, Pipeline, default_pipeline
 from .store import DatasetStore
 
 log = get_logger(__name__)
 
+# A batch decided against a view another transaction changed before it wrote (a concurrent
+# replica kept one of its duplicates first) is decided again, this many times at most.
+DECISION_ATTEMPTS = 10
+# Rows per multi-row statement at most: drivers cap the parameters of one statement (asyncpg 32,767).
+LOOKUP_CHUNK = 1_000
+
+
+class _BandTaken(Exception):
+    """A band row the batch's view saw free was taken by another transaction meanwhile."""
+
+
+@dataclass
+class _Raw:
+    """A raw record of the batch after the recipe: what the transaction decides on."""
+
+    item: BatchItem
+    event_id: str
+    raw: RawRecordV1
+    outcome: Outcome
+    digest: str
+    fingerprint: Fingerprint | None
+
+
+@dataclass(eq=False)
+class _Row:
+    """A cleaned row as the batch sees it: stored (``id``), or kept earlier in the batch
+    (``values``, inserted when the batch writes)."""
+
+    record_id: str
+    label: str | None
+    metadata: Any
+    id: int | None = None
+    values: dict[str, Any] | None = None
+    candidate: Candidate | None = None
+    bands: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass
+class _Writes:
+    """What a batch writes, in the order it is written: label edits, deleted rows, kept rows (and
+    their band rows), dropped rows, outbox rows."""
+
+    relabels: dict[int, dict[str, Any]] = field(default_factory=dict)
+    deleted: list[int] = field(default_factory=list)
+    kept: list[_Row] = field(default_factory=list)
+    dropped: list[dict[str, Any]] = field(default_factory=list)
+    announced: list[dict[str, Any]] = field(default_factory=list)
+
 
 class RawRecordHandler:
-    """One transaction per record: inbox claim, then the record kept or dropped with its reason.
+    """Raw records in, each kept (cleaned, announced) or dropped with its reason.
+
+    ``handle_batch`` takes a partition's queued records together (the consumer runner's batch
+    handler); calling the handler with one message handles a batch of one (the runner's fallback,
+    with its retries and dead letters, when a batch fails). Either way a record gets the decision
+    it would get handled alone, in order.
 
     ``pipeline`` is the recipe that cleans, filters and masks (default: the shipped recipe);
     ``near_dups`` is the near-duplicate index (None: only exact duplicates are dropped);
@@ -54,176 +113,270 @@ class RawRecordHandler:
         self.near_dups = near_dups
 
     async def __call__(self, msg: InboundMessage) -> None:
-        event = msg.event((RawRecordV1, RecordErasedV1))
-        if isinstance(event.data, RecordErasedV1):
-            await self._erase(event)
-            return
+        await self.handle_batch([BatchItem(msg, trace.get_current_span())])
+
+    async def handle_batch(self, items: Sequence[BatchItem]) -> None:
+        """Records in order: raw records in one transaction per run between erasures, each erasure
+        on its own. Every event is decoded first, so an invalid one fails the batch before anything
+        is written (the runner then handles the records one at a time and dead-letters it)."""
+        events = [item.message.event((RawRecordV1, RecordErasedV1)) for item in items]
+        run: list[_Raw] = []
+        for item, event in zip(items, events, strict=True):
+            if isinstance(event.data, RecordErasedV1):
+                await self._handle_raw(run)
+                run = []
+                with trace.use_span(item.span, end_on_exit=False):
+                    await self._erase(event)
+            else:
+                run.append(self._prepare(item, event))
+        await self._handle_raw(run)
+
+    def _prepare(self, item: BatchItem, event: Event[Any]) -> _Raw:
+        """The recipe and the signature: the work of one record that needs no database."""
         raw: RawRecordV1 = event.data
-        outcome = self.pipeline.run(raw.text)
-        text = outcome.text
-        digest = content_hash(text)
-        keep = bool(text) and outcome.dropped is None
-        fingerprint = self.near_dups.fingerprint(text) if self.near_dups is not None and keep else None
-        now = datetime.now(UTC)
-        async with self.db.sessions.begin() as session:
-            if not await inbox.claim(session, self.group, event.id):
-                return
-            if await self._erased_since(session, raw):
-                log.info("raw record erased after it was ingested: ignored", record_id=raw.record_id)
-                return
-            announced = await self._keep_or_drop(session, msg, event.id, raw, outcome, digest, fingerprint, now)
+        with trace.use_span(item.span, end_on_exit=False):
+            outcome = self.pipeline.run(raw.text)
+            keep = bool(outcome.text) and outcome.dropped is None
+            fingerprint = self.near_dups.fingerprint(outcome.text) if self.near_dups is not None and keep else None
+        return _Raw(item, event.id, raw, outcome, content_hash(outcome.text), fingerprint)
+
+    async def _handle_raw(self, batch: list[_Raw]) -> None:
+        if not batch:
+            return
+        for attempt in range(1, DECISION_ATTEMPTS + 1):
+            try:
+                async with self.db.sessions.begin() as session:
+                    announced = await self._decide_and_write(session, batch)
+                break
+            except (_BandTaken, IntegrityError, OperationalError) as exc:
+                # Another transaction kept one of this batch's duplicates first (a band row or a
+                # content hash taken; SQLite: a write after another's commit): decide again.
+                if attempt == DECISION_ATTEMPTS:
+                    raise
+                log.info("batch raced another transaction, deciding again", attempt=attempt, error=type(exc).__name__)
         if announced:
             self.relay.wake()
 
-    async def _keep_or_drop(
-        self,
-        session: AsyncSession,
-        msg: InboundMessage,
-        event_id: str,
-        raw: RawRecordV1,
-        outcome: Outcome,
-        digest: str,
-        fingerprint: Fingerprint | None,
-        now: datetime,
-    ) -> bool:
-        """Keep the record (``True``: it is announced on ``cleaned-data``) or drop it with its reason."""
-        text, masked, filtered = outcome.text, outcome.masked, outcome.dropped
-        if not text:  # measured: characters left after cleaning
-            await self._drop(session, event_id, raw.record_id, now, "empty", "clean_text", 0.0, 1.0)
-            return False
-        if filtered is not None:  # the reason is the filter's name (models.DropReason lists them)
-            reason = cast(DropReason, filtered.operator)
-            await self._drop(
-                session, event_id, raw.record_id, now, reason, reason, filtered.measured, filtered.threshold
-            )
-            return False
-        original = (
-            await session.execute(
-                select(
-                    cleaned_records.c.id,
-                    cleaned_records.c.record_id,
-                    cleaned_records.c.label,
-                    cleaned_records.c.metadata,
-                ).where(cleaned_records.c.content_hash == digest)
-            )
-        ).one_or_none()
-        if original is not None and original.record_id == raw.record_id:
-            # The record's own cleaned text again: an edit (a reviewed label), never a
-            # duplicate of itself, unless nothing of it changed.
-            newest = (
-                await session.execute(
-                    select(func.max(cleaned_records.c.id)).where(cleaned_records.c.record_id == raw.record_id)
+    async def _decide_and_write(self, session: AsyncSession, batch: list[_Raw]) -> bool:
+        """Claim the batch's events, read what its decisions need, decide each record in order,
+        write. True when something was announced on ``cleaned-data``."""
+        claimed = await inbox.claim_many(session, self.group, (r.event_id for r in batch))
+        todo: list[_Raw] = []
+        for r in batch:
+            if r.event_id in claimed:
+                claimed.discard(r.event_id)  # the same event twice in a batch: handled once
+                todo.append(r)
+        todo = await self._not_erased(session, todo)
+        keepable = [r for r in todo if r.outcome.text and r.outcome.dropped is None]
+        by_hash, newest = await self._stored_rows(session, keepable)
+        view = None
+        if self.near_dups is not None:
+            view = await self.near_dups.view(session, [r.fingerprint for r in keepable if r.fingerprint is not None])
+        writes = _Writes()
+        now = datetime.now(UTC)
+        for r in todo:
+            self._decide(r, by_hash, newest, view, writes, now)
+        await self._write(session, writes)
+        return bool(writes.announced)
+
+    async def _not_erased(self, session: AsyncSession, batch: list[_Raw]) -> list[_Raw]:
+        """The records not erased after their copy was ingested (a late delivery is ignored)."""
+        record_ids = sorted({r.raw.record_id for r in batch})
+        erased: dict[str, list[datetime]] = {}
+        for i in range(0, len(record_ids), LOOKUP_CHUNK):
+            rows = await session.execute(
+                select(erasures.c.record_id, erasures.c.requested_at).where(
+                    erasures.c.record_id.in_(record_ids[i : i + LOOKUP_CHUNK])
                 )
-            ).scalar_one()
-            if original.id == newest:
+            )
+            for record_id, requested_at in rows:
+                erased.setdefault(record_id, []).append(as_utc(requested_at))
+        kept = []
+        for r in batch:
+            if any(at >= r.raw.ingested_at for at in erased.get(r.raw.record_id, ())):
+                log.info("raw record erased after it was ingested: ignored", record_id=r.raw.record_id)
+            else:
+                kept.append(r)
+        return kept
+
+    async def _stored_rows(
+        self, session: AsyncSession, batch: list[_Raw]
+    ) -> tuple[dict[str, _Row], dict[str, _Row | int]]:
+        """The stored cleaned rows with the batch's cleaned texts (by content hash), and the newest
+        stored row id of each of its records."""
+        t = cleaned_records
+        digests = sorted({r.digest for r in batch})
+        by_hash: dict[str, _Row] = {}
+        for i in range(0, len(digests), LOOKUP_CHUNK):
+            rows = await session.execute(
+                select(t.c.id, t.c.record_id, t.c.label, t.c.metadata, t.c.content_hash).where(
+                    t.c.content_hash.in_(digests[i : i + LOOKUP_CHUNK])
+                )
+            )
+            for row in rows:
+                by_hash[row.content_hash] = _Row(row.record_id, row.label, row.metadata, id=row.id)
+        record_ids = sorted({r.raw.record_id for r in batch})
+        newest: dict[str, _Row | int] = {}
+        for i in range(0, len(record_ids), LOOKUP_CHUNK):
+            tops = await session.execute(
+                select(t.c.record_id, func.max(t.c.id))
+                .where(t.c.record_id.in_(record_ids[i : i + LOOKUP_CHUNK]))
+                .group_by(t.c.record_id)
+            )
+            newest.update({record_id: int(top) for record_id, top in tops})
+        return by_hash, newest
+
+    def _decide(
+        self,
+        r: _Raw,
+        by_hash: dict[str, _Row],
+        newest: dict[str, _Row | int],
+        view: IndexView | None,
+        writes: _Writes,
+        now: datetime,
+    ) -> None:
+        """Keep the record (it is announced on ``cleaned-data``) or drop it with its reason."""
+        raw, outcome = r.raw, r.outcome
+        if not outcome.text:  # measured: characters left after cleaning
+            writes.dropped.append(self._dropped(r, now, "empty", "clean_text", 0.0, 1.0))
+            return
+        if outcome.dropped is not None:  # the reason is the filter's name (models.DropReason lists them)
+            reason = cast(DropReason, outcome.dropped.operator)
+            writes.dropped.append(
+                self._dropped(r, now, reason, reason, outcome.dropped.measured, outcome.dropped.threshold)
+            )
+            return
+        original = by_hash.get(r.digest)
+        if original is not None and original.record_id == raw.record_id:
+            # The record's own cleaned text again: an edit (a reviewed label), never a duplicate
+            # of itself, unless nothing of it changed.
+            top = newest.get(raw.record_id)
+            if original is top or (original.id is not None and original.id == top):
                 if (original.label, original.metadata) != (raw.label, raw.metadata):
-                    await self._relabel(session, msg, event_id, raw, original.id, outcome, digest)
-                    return True
+                    self._relabel(r, original, writes)
+                    return
             else:  # its text went back to an older one: that row gives way to this, the newest
-                await session.execute(delete(cleaned_records).where(cleaned_records.c.id == original.id))
+                self._delete(original, view, writes)
+                del by_hash[r.digest]
                 original = None
         if original is not None:
-            await self._drop(
-                session, event_id, raw.record_id, now, "duplicate", "exact_dedup", 1.0, 1.0, original.record_id
-            )
-            return False
-        checked: set[int] = set()
-        if fingerprint is not None:
-            assert self.near_dups is not None
-            near, checked = await self.near_dups.find(session, fingerprint, raw.record_id)
+            writes.dropped.append(self._dropped(r, now, "duplicate", "exact_dedup", 1.0, 1.0, original.record_id))
+            return
+        if r.fingerprint is not None and view is not None:
+            near = view.match(r.fingerprint, raw.record_id)
             if near is not None:
-                await self._drop_near_duplicate(session, event_id, raw.record_id, near, now)
-                return False
-        split = split_for(raw.record_id)
-        inserted = await session.execute(
-            cleaned_records.insert()
-            .returning(cleaned_records.c.id)
-            .values(
-                record_id=raw.record_id,
-                raw_event_id=event_id,
-                content_hash=digest,
-                raw_content_hash=raw.content_hash,
-                source=raw.source,
-                text=text,
-                label=raw.label,
-                metadata=raw.metadata,
-                masked_entities=masked,
-                split=split.value,
-                source_partition=msg.partition,
-                source_offset=msg.offset,
-                created_at=now,
-                minhash=fingerprint.signature if fingerprint is not None else None,
-                recipe_hash=self.recipe_hash,
-            )
-        )
-        cleaned_id = int(inserted.scalar_one())
-        if fingerprint is not None:
-            assert self.near_dups is not None
-            near = await self.near_dups.add(session, fingerprint, cleaned_id, raw.record_id, checked)
-            if near is not None:  # a concurrent replica kept a near-duplicate first
-                # Its band rows go with it (ON DELETE CASCADE; SQLite engines enforce foreign keys).
-                await session.execute(delete(cleaned_records).where(cleaned_records.c.id == cleaned_id))
-                await self._drop_near_duplicate(session, event_id, raw.record_id, near, now)
-                return False
-        await self._announce(session, raw, outcome, digest, split)
-        return True
+                writes.dropped.append(self._dropped_near_duplicate(r, near, now))
+                return
+        row = _Row(raw.record_id, raw.label, raw.metadata, values=self._row_values(r, now))
+        if r.fingerprint is not None and view is not None:
+            row.candidate, row.bands = view.keep(r.fingerprint, raw.record_id)
+        writes.kept.append(row)
+        by_hash[r.digest] = row
+        newest[raw.record_id] = row
+        self._announce(r, writes)
 
-    async def _announce(
-        self, session: AsyncSession, raw: RawRecordV1, outcome: Outcome, digest: str, split: Split
-    ) -> None:
-        """The record as cleaned, on ``cleaned-data`` (through the outbox, in the same transaction)."""
+    def _row_values(self, r: _Raw, now: datetime) -> dict[str, Any]:
+        raw, msg = r.raw, r.item.message
+        return {
+            "record_id": raw.record_id,
+            "raw_event_id": r.event_id,
+            "content_hash": r.digest,
+            "raw_content_hash": raw.content_hash,
+            "source": raw.source,
+            "text": r.outcome.text,
+            "label": raw.label,
+            "metadata": raw.metadata,
+            "masked_entities": r.outcome.masked,
+            "split": split_for(raw.record_id).value,
+            "source_partition": msg.partition,
+            "source_offset": msg.offset,
+            "created_at": now,
+            "minhash": r.fingerprint.signature if r.fingerprint is not None else None,
+            "recipe_hash": self.recipe_hash,
+        }
+
+    def _relabel(self, r: _Raw, row: _Row, writes: _Writes) -> None:
+        """A new label (or metadata) for the record's current cleaned text: its row takes them in
+        place, keeping its place in the order records were cleaned (a split by time keeps it where
+        it was), and the record is announced again with them."""
+        raw, msg = r.raw, r.item.message
+        change = {
+            "raw_event_id": r.event_id,
+            "raw_content_hash": raw.content_hash,
+            "label": raw.label,
+            "metadata": raw.metadata,
+            "source_partition": msg.partition,
+            "source_offset": msg.offset,
+            "recipe_hash": self.recipe_hash,
+        }
+        row.label, row.metadata = raw.label, raw.metadata
+        if row.values is not None:  # kept earlier in this batch: not written yet
+            row.values.update(change)
+        else:
+            assert row.id is not None
+            writes.relabels[row.id] = change
+        self._announce(r, writes)
+
+    @staticmethod
+    def _delete(row: _Row, view: IndexView | None, writes: _Writes) -> None:
+        """A cleaned row that gives way to a newer one of its record (its band rows go with it)."""
+        if row.values is not None:
+            writes.kept.remove(row)
+        else:
+            assert row.id is not None
+            writes.deleted.append(row.id)
+            writes.relabels.pop(row.id, None)
+        if view is not None:
+            view.release(row.candidate, row.id)
+
+    def _announce(self, r: _Raw, writes: _Writes) -> None:
+        """The record as cleaned, on ``cleaned-data`` (an outbox row, in the batch's transaction),
+        in the record's own trace."""
+        raw, outcome = r.raw, r.outcome
         cleaned = CleanedRecordV2(
             record_id=raw.record_id,
             source=raw.source,
             source_id=raw.source_id,
             text=outcome.text,
-            content_hash=digest,
+            content_hash=r.digest,
             raw_content_hash=raw.content_hash,
-            split=split,
+            split=split_for(raw.record_id),
             label=raw.label,
             metadata=raw.metadata,
             masked_entities=outcome.masked,
             sensitivity=outcome.sensitivity.value,
             recipe_hash=self.recipe_hash,
         )
-        await outbox.add(session, Topic.CLEANED_DATA, cleaned, key=raw.record_id, subject=raw.record_id)
+        with trace.use_span(r.item.span, end_on_exit=False):
+            _, row = outbox.row(Topic.CLEANED_DATA, cleaned, key=raw.record_id, subject=raw.record_id)
+        writes.announced.append(row)
 
-    async def _relabel(
-        self,
-        session: AsyncSession,
-        msg: InboundMessage,
-        event_id: str,
-        raw: RawRecordV1,
-        row_id: int,
-        outcome: Outcome,
-        digest: str,
-    ) -> None:
-        """A new label (or metadata) for the record's current cleaned text: its row takes them in
-        place, keeping its place in the order records were cleaned (a split by time keeps it where
-        it was), and the record is announced again with them."""
-        split = split_for(raw.record_id)
-        await session.execute(
-            update(cleaned_records)
-            .where(cleaned_records.c.id == row_id)
-            .values(
-                raw_event_id=event_id,
-                raw_content_hash=raw.content_hash,
-                label=raw.label,
-                metadata=raw.metadata,
-                source_partition=msg.partition,
-                source_offset=msg.offset,
-                recipe_hash=self.recipe_hash,
-            )
-        )
-        await self._announce(session, raw, outcome, digest, split)
-
-    async def _erased_since(self, session: AsyncSession, raw: RawRecordV1) -> bool:
-        """Whether the record was erased after this copy of it was ingested (a late delivery)."""
-        t = erasures
-        found = await session.execute(
-            select(t.c.erasure_id).where(t.c.record_id == raw.record_id, t.c.requested_at >= raw.ingested_at).limit(1)
-        )
-        return found.first() is not None
+    async def _write(self, session: AsyncSession, writes: _Writes) -> None:
+        t = cleaned_records
+        for row_id, change in writes.relabels.items():
+            await session.execute(update(t).where(t.c.id == row_id).values(**change))
+        if writes.deleted:
+            await session.execute(delete(t).where(t.c.id.in_(writes.deleted)))
+        if writes.kept:
+            ids = (
+                await session.execute(
+                    t.insert().returning(t.c.id, sort_by_parameter_order=True),
+                    [cast(dict[str, Any], row.values) for row in writes.kept],
+                )
+            ).scalars()
+            bands = []
+            for row, cleaned_id in zip(writes.kept, ids, strict=True):
+                row.id = int(cleaned_id)
+                if row.candidate is not None:
+                    row.candidate.cleaned_id = row.id
+                bands += [{"band": b, "band_hash": h, "cleaned_id": row.id} for b, h in row.bands]
+            if bands:
+                assert self.near_dups is not None
+                if await self.near_dups.insert_bands(session, bands) < len(bands):
+                    raise _BandTaken
+        if writes.dropped:
+            await session.execute(dropped_records.insert(), writes.dropped)
+        await outbox.add_rows(session, writes.announced)
 
     async def _erase(self, event: Event[RecordErasedV1]) -> None:
         """Remove the record from every store here, in three idempotent steps (a redelivery after a
@@ -283,46 +436,32 @@ class RawRecordHandler:
         self.relay.wake()
         log.info("record erased", record_id=record_id, erasure_id=erased.erasure_id, dataset_versions=len(versions))
 
-    async def _drop_near_duplicate(
-        self, session: AsyncSession, event_id: str, record_id: str, near: NearDuplicate, now: datetime
-    ) -> None:
+    def _dropped_near_duplicate(self, r: _Raw, near: NearDuplicate, now: datetime) -> dict[str, Any]:
         assert self.near_dups is not None
-        await self._drop(
-            session,
-            event_id,
-            record_id,
-            now,
-            "near_duplicate",
-            NEAR_DUP_OPERATOR,
-            near.similarity,
-            self.near_dups.threshold,
-            near.record_id,
+        return self._dropped(
+            r, now, "near_duplicate", NEAR_DUP_OPERATOR, near.similarity, self.near_dups.threshold, near.record_id
         )
 
-    async def _drop(
+    def _dropped(
         self,
-        session: AsyncSession,
-        event_id: str,
-        record_id: str,
+        r: _Raw,
         now: datetime,
         reason: DropReason,
         operator: str,
         measured: float,
         threshold: float,
         duplicate_of: str | None = None,
-    ) -> None:
-        """Keep a dropped record with its reason: the operator, what it measured, the threshold,
+    ) -> dict[str, Any]:
+        """A dropped record's row, with its reason: the operator, what it measured, the threshold,
         and the recipe that held it to that threshold."""
-        await session.execute(
-            dropped_records.insert().values(
-                raw_event_id=event_id,
-                record_id=record_id,
-                reason=reason,
-                duplicate_of=duplicate_of,
-                operator=operator,
-                measured=measured,
-                threshold=threshold,
-                recipe_hash=self.recipe_hash,
-                created_at=now,
-            )
-        )
+        return {
+            "raw_event_id": r.event_id,
+            "record_id": r.raw.record_id,
+            "reason": reason,
+            "duplicate_of": duplicate_of,
+            "operator": operator,
+            "measured": measured,
+            "threshold": threshold,
+            "recipe_hash": self.recipe_hash,
+            "created_at": now,
+        }

@@ -9,7 +9,7 @@ the index lives in the service's database and survives restarts. See docs/curati
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +33,7 @@ SCHEME = "affine32"  # pinned, so a datasketch upgrade cannot silently change ev
 RECALL_AT_THRESHOLD = 0.95
 OPERATOR = "minhash_lsh"
 BAND_ROWS_PER_INSERT = 5_000
+LOOKUP_PARAMETERS = 5_000
 
 BandKey = tuple[int, int]
 
@@ -84,7 +85,7 @@ class Fingerprint:
 
 @dataclass(frozen=True)
 class NearDuplicate:
-    cleaned_id: int
+    cleaned_id: int | None  # None: kept earlier in the same batch
     record_id: str
     similarity: float
 
@@ -200,54 +201,128 @@ class NearDuplicateIndex:
         log.info("near-duplicate index rebuilt", banding=self.banding, previous=stored or None, records=indexed)
         return indexed
 
-    async def find(
-        self,
-        session: AsyncSession,
-        fp: Fingerprint,
-        record_id: str,
-        bands: Sequence[BandKey] | None = None,
-        skip: Iterable[int] = (),
-    ) -> tuple[NearDuplicate | None, set[int]]:
-        """The first-kept record (lowest id) sharing a band with ``fp`` whose exact Jaccard
-        similarity reaches the threshold, and the ids checked. An older version of the same record
-        (an upstream edit) is never its duplicate: the edit supersedes it."""
-        keys = list(bands if bands is not None else fp.bands)
-        if not keys:
-            return None, set()
-        t = cleaned_records
-        # One equality pair per band, OR-ed: each is a lookup in the primary key. (A row-value IN,
-        # ``(band, band_hash) IN (...)``, makes SQLite scan the whole index: 16 ms a lookup at
-        # 200,000 band rows, against microseconds.)
+    async def view(self, session: AsyncSession, fingerprints: Iterable[Fingerprint]) -> IndexView:
+        """What the index holds for these fingerprints' bands, read in a few statements: the owner
+        of each band row, with its text. A batch decides all its records against it, adding the
+        records it keeps as it goes (``IndexView``)."""
+        keys = {key for fp in fingerprints for key in fp.bands}
+        owners: dict[BandKey, int] = {}
         b = near_dup_bands.c
-        owners = select(b.cleaned_id).where(or_(*(and_(b.band == band, b.band_hash == h) for band, h in keys)))
-        skipped = set(skip)
-        rows = (
-            await session.execute(select(t.c.id, t.c.record_id, t.c.text).where(t.c.id.in_(owners)).order_by(t.c.id))
-        ).all()
-        checked: set[int] = set()
-        for row in rows:
-            if row.id in skipped or row.record_id == record_id:
-                continue
-            checked.add(row.id)
-            similarity = jaccard(fp.shingles, shingles(row.text, self.shingle_size))
-            if similarity >= self.threshold:
-                return NearDuplicate(row.id, row.record_id, similarity), checked
-        return None, checked
+        # One term per band, ``band = ? AND band_hash IN (...)``, OR-ed: each hash a lookup in the
+        # primary key. (A row-value IN, ``(band, band_hash) IN (...)``, makes SQLite scan the whole
+        # index.) At most LOOKUP_PARAMETERS parameters a statement: drivers cap them.
+        by_band: dict[int, list[int]] = {}
+        for band, band_hash in sorted(keys):
+            by_band.setdefault(band, []).append(band_hash)
+        terms: list[tuple[int, list[int]]] = []
+        for band, hashes in by_band.items():
+            terms += [(band, hashes[i : i + LOOKUP_PARAMETERS]) for i in range(0, len(hashes), LOOKUP_PARAMETERS)]
+        groups: list[list[tuple[int, list[int]]]] = []
+        size = 0
+        for band, hashes in terms:
+            if not groups or size + len(hashes) + 1 > LOOKUP_PARAMETERS:
+                groups.append([])
+                size = 0
+            groups[-1].append((band, hashes))
+            size += len(hashes) + 1
+        for group in groups:
+            where = or_(*(and_(b.band == band, b.band_hash.in_(hashes)) for band, hashes in group))
+            rows = await session.execute(select(b.band, b.band_hash, b.cleaned_id).where(where))
+            owners.update({(band, band_hash): cleaned_id for band, band_hash, cleaned_id in rows})
+        t = cleaned_records
+        candidates: dict[int, Candidate] = {}
+        ids = sorted(set(owners.values()))
+        for i in range(0, len(ids), LOOKUP_PARAMETERS):
+            rows = await session.execute(
+                select(t.c.id, t.c.record_id, t.c.text).where(t.c.id.in_(ids[i : i + LOOKUP_PARAMETERS]))
+            )
+            for row in rows:
+                candidates[row.id] = Candidate(row.id, row.id, row.record_id, text=row.text)
+        return IndexView(self, {key: candidates[cid] for key, cid in owners.items() if cid in candidates})
 
-    async def add(
-        self, session: AsyncSession, fp: Fingerprint, cleaned_id: int, record_id: str, checked: set[int]
-    ) -> NearDuplicate | None:
-        """Insert the kept record's band rows (``ON CONFLICT DO NOTHING``), then re-check the owners
-        of the rows that were already taken. On PostgreSQL the insert of a row that a concurrent,
-        uncommitted transaction holds waits for it; once it commits, the conflict shows here and the
-        re-check (a new statement, so a new READ COMMITTED snapshot) sees its record. A duplicate
-        found this way is returned and the caller drops the record (and its band rows)."""
-        rows = [{"band": b, "band_hash": h, "cleaned_id": cleaned_id} for b, h in fp.bands]
-        dialect = session.get_bind().dialect.name
-        stmt = insert_ignoring_conflicts(dialect, near_dup_bands, rows).returning(near_dup_bands.c.band)
-        inserted = set((await session.execute(stmt)).scalars())
-        taken = [key for key in fp.bands if key[0] not in inserted]
-        if not taken:
-            return None
-        found, _ = await self.find(session, fp, record_id, bands=taken, skip=checked | {cleaned_id})
-        return found
+    async def find(self, session: AsyncSession, fp: Fingerprint, record_id: str) -> NearDuplicate | None:
+        """The first-kept record sharing a band with ``fp`` whose exact Jaccard similarity reaches
+        the threshold (``IndexView.match``), as the index stands in ``session``."""
+        return (await self.view(session, [fp])).match(fp, record_id)
+
+    async def insert_bands(self, session: AsyncSession, rows: list[dict[str, int]]) -> int:
+        """Insert band rows (``band``, ``band_hash``, ``cleaned_id``), ``ON CONFLICT DO NOTHING``,
+        and return how many went in. Fewer than given: another transaction took a band row since
+        the view was read. On PostgreSQL the insert of a row that a concurrent, uncommitted
+        transaction holds waits for it, and sees the conflict once it commits; the caller then
+        decides its records again, and a new view sees that transaction's records."""
+        if not rows:
+            return 0
+        stmt = insert_ignoring_conflicts(session.get_bind().dialect.name, near_dup_bands)
+        inserted = 0
+        for i in range(0, len(rows), BAND_ROWS_PER_INSERT):
+            result = await session.execute(stmt.returning(near_dup_bands.c.band), rows[i : i + BAND_ROWS_PER_INSERT])
+            inserted += len(result.all())
+        return inserted
+
+
+# A record kept earlier in the same batch comes after every stored one in the order records were kept.
+_PENDING = 1 << 62
+
+
+class Candidate:
+    """A kept record that owns band rows: stored (``cleaned_id``) or kept earlier in the batch
+    (``cleaned_id`` None until it is inserted). ``order`` is the order records were kept in."""
+
+    __slots__ = ("_shingles", "cleaned_id", "order", "record_id", "text")
+
+    def __init__(
+        self,
+        cleaned_id: int | None,
+        order: int,
+        record_id: str,
+        text: str | None = None,
+        grams: set[str] | None = None,
+    ) -> None:
+        self.cleaned_id, self.order, self.record_id, self.text = cleaned_id, order, record_id, text
+        self._shingles = grams
+
+    def shingles(self, size: int) -> set[str]:
+        if self._shingles is None:
+            self._shingles = shingles(self.text or "", size)
+        return self._shingles
+
+
+class IndexView:
+    """The index as a batch sees it: the stored owners of its records' bands, and the records the
+    batch keeps, in order. Deciding a batch's records one after another against it gives the
+    decisions handling them one at a time would: the first-kept owner of a band row owns it."""
+
+    def __init__(self, index: NearDuplicateIndex, owners: dict[BandKey, Candidate]) -> None:
+        self.index = index
+        self.owners = owners
+        self._kept = 0
+
+    def match(self, fp: Fingerprint, record_id: str) -> NearDuplicate | None:
+        """The first-kept owner of one of ``fp``'s bands whose exact Jaccard similarity reaches
+        the threshold. An older version of the same record (an upstream edit) is never its
+        duplicate: the edit supersedes it."""
+        found = {id(c): c for key in fp.bands if (c := self.owners.get(key)) is not None}
+        for candidate in sorted(found.values(), key=lambda c: c.order):
+            if candidate.record_id == record_id:
+                continue
+            similarity = jaccard(fp.shingles, candidate.shingles(self.index.shingle_size))
+            if similarity >= self.index.threshold:
+                return NearDuplicate(candidate.cleaned_id, candidate.record_id, similarity)
+        return None
+
+    def keep(self, fp: Fingerprint, record_id: str) -> tuple[Candidate, list[BandKey]]:
+        """A record the batch keeps: it owns the bands nobody owned before it. Returns it and the
+        band rows to insert for it once it has an id."""
+        self._kept += 1
+        candidate = Candidate(None, _PENDING + self._kept, record_id, grams=fp.shingles)
+        claimed = [key for key in fp.bands if key not in self.owners]
+        for key in claimed:
+            self.owners[key] = candidate
+        return candidate, claimed
+
+    def release(self, candidate: Candidate | None = None, cleaned_id: int | None = None) -> None:
+        """A kept record deleted in the batch: its band rows go with it (ON DELETE CASCADE)."""
+        gone = [k for k, c in self.owners.items() if c is candidate or (cleaned_id and c.cleaned_id == cleaned_id)]
+        for key in gone:
+            del self.owners[key]

@@ -12,6 +12,7 @@ handler skips its work, and the side effects stay exactly-once.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from sqlalchemy import Column, DateTime, MetaData, String, Table, select
@@ -50,3 +51,15 @@ class Inbox:
         result = await session.execute(stmt)
         assert isinstance(result, CursorResult)
         return bool(result.rowcount == 1)
+
+    async def claim_many(self, session: AsyncSession, consumer_group: str, event_ids: Iterable[str]) -> set[str]:
+        """The events of ``event_ids`` that are new for this group (and are now recorded), in one
+        statement; an id given twice is claimed once."""
+        unique = list(dict.fromkeys(event_ids))
+        if not unique:
+            return set()
+        now = datetime.now(UTC)
+        t = self.table
+        stmt = insert_ignoring_conflicts(session.get_bind().dialect.name, t).returning(t.c.event_id)
+        rows = [{"consumer_group": consumer_group, "event_id": e, "received_at": now} for e in unique]
+        return set((await session.execute(stmt, rows)).scalars())

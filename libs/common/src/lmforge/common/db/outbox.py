@@ -71,21 +71,32 @@ class Outbox:
         subject: str | None = None,
     ) -> Event[EventPayload]:
         """Stage an event in the caller's transaction; it is published only if that commits."""
+        event, row = self.row(topic, payload, key=key, subject=subject)
+        await session.execute(self.table.insert().values(row))
+        return event
+
+    def row(
+        self, topic: str, payload: EventPayload, *, key: str, subject: str | None = None
+    ) -> tuple[Event[EventPayload], dict[str, Any]]:
+        """The event and its outbox row, carrying the current trace context, for ``add_rows``: so
+        each event of a batch carries its own record's trace."""
         event: Event[EventPayload] = Event(data=payload, source=self.source, subject=subject)
         value, headers = event.to_kafka()
         inject_context(headers)
-        await session.execute(
-            self.table.insert().values(
-                event_id=event.id,
-                event_type=event.type,
-                topic=topic,
-                key=key,
-                headers=json.dumps([[k, v.decode()] for k, v in headers]),
-                value=value,
-                created_at=datetime.now(UTC),
-            )
-        )
-        return event
+        return event, {
+            "event_id": event.id,
+            "event_type": event.type,
+            "topic": topic,
+            "key": key,
+            "headers": json.dumps([[k, v.decode()] for k, v in headers]),
+            "value": value,
+            "created_at": datetime.now(UTC),
+        }
+
+    async def add_rows(self, session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+        """Stage rows made by ``row`` in the caller's transaction, in their order (multi-row inserts)."""
+        if rows:
+            await session.execute(self.table.insert(), list(rows))
 
     async def forget(self, session: AsyncSession, *, topic: str, key: str) -> int:
         """Delete, in the caller's transaction, the rows of every event on ``topic`` with ``key``,

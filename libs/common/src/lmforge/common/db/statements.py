@@ -10,13 +10,24 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
 
-def insert_ignoring_conflicts(dialect: str, table: Table, rows: dict[str, Any] | list[dict[str, Any]]) -> Insert:
-    """``INSERT .. ON CONFLICT DO NOTHING`` for PostgreSQL and SQLite: idempotent writes."""
+def insert_ignoring_conflicts(
+    dialect: str, table: Table, rows: dict[str, Any] | list[dict[str, Any]] | None = None
+) -> Insert:
+    """``INSERT .. ON CONFLICT DO NOTHING`` for PostgreSQL and SQLite: idempotent writes.
+
+    Without ``rows``, the statement takes its rows as ``session.execute(stmt, rows)`` parameters:
+    one cached statement, sent as multi-row ``INSERT``s (SQLAlchemy's "insertmanyvalues"), also
+    with ``RETURNING``."""
+    stmt: postgresql.Insert | sqlite.Insert
     if dialect == "postgresql":
-        return postgresql.insert(table).values(rows).on_conflict_do_nothing()
-    if dialect == "sqlite":
-        return sqlite.insert(table).values(rows).on_conflict_do_nothing()
-    raise NotImplementedError(f"insert_ignoring_conflicts: unsupported dialect {dialect}")
+        stmt = postgresql.insert(table)
+    elif dialect == "sqlite":
+        stmt = sqlite.insert(table)
+    else:
+        raise NotImplementedError(f"insert_ignoring_conflicts: unsupported dialect {dialect}")
+    if rows is not None:
+        stmt = stmt.values(rows)
+    return stmt.on_conflict_do_nothing()
 
 
 @overload

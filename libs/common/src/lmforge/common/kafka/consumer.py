@@ -5,6 +5,11 @@ Guarantees (ARCHITECTURE.md, "Delivery semantics"):
 - **At-least-once.** Offsets are committed manually, after the handler has returned, so a
   handler's side effects are durable before the offset moves. A crash before the commit means
   redelivery; handlers make that harmless with the inbox (``lmforge.common.db.Inbox``).
+- **Batches, where a handler takes them.** With a ``batch_handler``, a partition's queued
+  records go to it together (at most ``max_batch_size``), for one transaction instead of one per
+  record; each record keeps its own process span in its own trace. If the batch handler raises,
+  the batch's records are handled one at a time by ``handler`` instead, with its retries and dead
+  letters: a batch handler needs no failure path of its own, only to be all-or-nothing.
 - **Per-partition order, partitions independent.** Records of one partition are handled one
   after another by that partition's worker, fed from the partition's queue; the poll loop never
   waits on a handler, and fetching goes on while workers run. A partition whose worker falls
@@ -115,6 +120,19 @@ class InboundMessage:
 Handler = Callable[[InboundMessage], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class BatchItem:
+    """One record of a batch, with its own ``<topic> process`` span (a child of the record's trace
+    context). Work done for this record alone runs with ``trace.use_span(item.span)``, so what it
+    publishes (through the outbox) continues the record's trace."""
+
+    message: InboundMessage
+    span: trace.Span
+
+
+BatchHandler = Callable[[Sequence[BatchItem]], Awaitable[None]]
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, runner: ConsumerRunner) -> None:
         self.runner = runner
@@ -184,6 +202,7 @@ class ConsumerRunner:
         group_id: str,
         topics: Sequence[str],
         handler: Handler,
+        batch_handler: BatchHandler | None = None,
         producer: EventProducer | None = None,
         client_id: str | None = None,
         artifacts: ArtifactStore | None = None,
@@ -192,6 +211,7 @@ class ConsumerRunner:
         self.group_id = group_id
         self.topics = list(topics)
         self.handler = handler
+        self.batch_handler = batch_handler
         self._producer = producer
         self._owns_producer = producer is None
         self._client_id = client_id or group_id
@@ -360,16 +380,10 @@ class ConsumerRunner:
                 next_offset = records[0].offset
                 finished = False
                 try:
-                    for run in _runs_by_trace(records):
-                        if self._should_halt(tp):
-                            break
-                        handled = await self._process_run(tp, run)
-                        if handled:
-                            next_offset = run[handled - 1].offset + 1
-                        if handled < len(run):
-                            break
-                    else:
-                        finished = True
+                    handled = await self._process(tp, records)
+                    if handled:
+                        next_offset = records[handled - 1].offset + 1
+                    finished = handled == len(records)
                 except Exception as exc:  # a runner bug: surfaced by run(), restarted by the supervisor
                     log.exception(
                         "partition worker failed", group=self.group_id, partition=f"{tp.topic}[{tp.partition}]"
@@ -436,6 +450,94 @@ class ConsumerRunner:
             if waiting and now - self._last_progress.get(tp, now) > timeout_s:
                 return True
         return False
+
+    async def _process(self, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]) -> int:
+        """Handle a partition's records in order: in batches where there is a batch handler, else
+        in runs that share a trace. Returns how many were finished (fewer after a halt, or a record
+        stopped before its dead letter was acknowledged)."""
+        done = 0
+        if self.batch_handler is not None and len(records) > 1:
+            size = max(1, self.settings.max_batch_size)
+            for start in range(0, len(records), size):
+                if self._should_halt(tp):
+                    break
+                chunk = records[start : start + size]
+                handled = await self._process_batch(tp, chunk)
+                done += handled
+                if handled < len(chunk):
+                    break
+            return done
+        return await self._process_runs(tp, records)
+
+    async def _process_runs(self, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]) -> int:
+        """Handle records one at a time, in runs that share a trace; how many were finished."""
+        done = 0
+        for run in _runs_by_trace(records):
+            if self._should_halt(tp):
+                break
+            handled = await self._process_run(tp, run)
+            done += handled
+            if handled < len(run):
+                break
+        return done
+
+    async def _process_batch(self, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]) -> int:
+        """Hand ``records`` to the batch handler together, each with its own process span; if it
+        raises, handle them one at a time (retries, dead letters). Returns how many were finished."""
+        assert self.batch_handler is not None
+        m = self._metrics(tp.topic)
+        items = []
+        for rec in records:
+            msg = InboundMessage.from_record(rec)
+            attributes: dict[str, str | int] = {
+                "messaging.system": "kafka",
+                "messaging.destination.name": rec.topic,
+                "messaging.consumer.group.name": self.group_id,
+                "messaging.destination.partition.id": rec.partition,
+                "messaging.kafka.offset": rec.offset,
+                "messaging.batch.message_count": len(records),
+            }
+            ce_id = msg.header("ce_id")
+            if ce_id:
+                attributes["messaging.message.id"] = ce_id
+            span = tracer().start_span(
+                f"{rec.topic} process",
+                context=extract_context(rec.headers or ()),
+                kind=SpanKind.CONSUMER,
+                attributes=attributes,
+            )
+            items.append(BatchItem(msg, span))
+        started = time.perf_counter()
+        try:
+            await self.batch_handler(items)
+        except Exception as exc:  # noqa: BLE001 - the records are handled one at a time below
+            error = describe_error(exc)
+            for item in items:
+                item.span.add_event(
+                    "batch failed: handled on its own",
+                    {"exception.type": type(exc).__name__, "exception.message": error},
+                )
+                item.span.end()
+            metrics.consumer_batch_fallbacks.labels(self.group_id, tp.topic).inc()
+            log.warning(
+                "batch handler failed, handling the batch's records one at a time",
+                group=self.group_id,
+                partition=f"{tp.topic}[{tp.partition}]",
+                records=len(records),
+                error=error,
+            )
+            return await self._process_runs(tp, records)
+        except BaseException:
+            for item in items:
+                item.span.end()
+            raise
+        elapsed = time.perf_counter() - started
+        for item in items:
+            item.span.end()
+            m.handler_seconds.observe(elapsed / len(items))  # each record's share of the batch
+        m.processed.inc(len(items))
+        self._last_progress[tp] = time.monotonic()
+        return len(items)
 
     async def _process_run(self, tp: TopicPartition, run: list[ConsumerRecord[Any, Any]]) -> int:
         """Handle consecutive records of one partition that share a trace context, in one
