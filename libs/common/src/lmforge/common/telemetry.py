@@ -138,10 +138,12 @@ class _KafkaHeaderGetter(Getter[list[tuple[str, bytes]]]):
 _getter = _KafkaHeaderGetter()
 
 
-def inject_context(headers: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
-    """Append ``traceparent``/``tracestate`` for the current span to a Kafka header list."""
+def inject_context(
+    headers: list[tuple[str, bytes]], context: otel_context.Context | None = None
+) -> list[tuple[str, bytes]]:
+    """Append ``traceparent``/``tracestate`` for the current span (or ``context``'s) to a Kafka header list."""
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    propagate.inject(carrier, context=context)
     existing = {k for k, _ in headers}
     headers.extend((k, v.encode()) for k, v in carrier.items() if k not in existing)
     return headers

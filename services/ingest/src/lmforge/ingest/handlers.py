@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
+from opentelemetry import trace
 from pydantic import ValidationError
 
 from lmforge.common.events import InvalidEvent, UpstreamRecord
 from lmforge.common.events.envelope import describe_validation_error
-from lmforge.common.kafka import InboundMessage
+from lmforge.common.kafka import BatchItem, InboundMessage
 
 from .store import RawRecordStore, RecordTooLarge, check_record_size
 
@@ -35,8 +37,19 @@ def parse_upstream(value: bytes | None, max_record_bytes: int) -> UpstreamRecord
 
 
 class UpstreamHandler:
+    """Upstream records in, stored and published on ``raw-data``: a partition's queued records
+    together (``handle_batch``: one transaction, one publish), or one at a time (the runner's
+    fallback when a batch fails, with its retries and dead letters)."""
+
     def __init__(self, store: RawRecordStore) -> None:
         self.store = store
 
     async def __call__(self, msg: InboundMessage) -> None:
         await self.store.accept([parse_upstream(msg.value, self.store.max_record_bytes)])
+
+    async def handle_batch(self, items: Sequence[BatchItem]) -> None:
+        """Every message is parsed first: one bad message fails the batch before anything is
+        stored, and the runner dead-letters it handling the records one at a time. Each record's
+        ``raw-data`` event continues its own trace."""
+        records = [parse_upstream(item.message.value, self.store.max_record_bytes) for item in items]
+        await self.store.accept(records, [trace.set_span_in_context(item.span) for item in items])

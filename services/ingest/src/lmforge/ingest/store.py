@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from opentelemetry.context import Context
 from sqlalchemy import delete, func, select, update
 
 from lmforge.common.db import Database, as_utc, insert_ignoring_conflicts
@@ -78,10 +79,11 @@ class RawRecordStore:
         self.producer = producer
         self.max_record_bytes = max_record_bytes
 
-    async def accept(self, records: list[UpstreamRecord]) -> list[IngestResult]:
+    async def accept(self, records: list[UpstreamRecord], contexts: list[Context] | None = None) -> list[IngestResult]:
         """Store each revision of a record once (its source, source id, text and label: a new label
         for the same text is a new revision) and publish every stored record not yet acknowledged
-        by the broker.
+        by the broker. ``contexts`` (one per record: a consumed batch's records, each in its own
+        trace) makes each record's ``raw-data`` event continue its own trace.
 
         Returns only after the broker acknowledged the writes (``BrokerUnavailable`` otherwise; the
         rows stay unpublished, and the client's retry, or the sweeper, publishes them with the same
@@ -117,7 +119,17 @@ class RawRecordStore:
         by_key = {(s.source, s.source_id, s.revision_hash): s for s in stored}
         pending = {s.id: s for s in stored if s.published_at is None}
         if pending:
-            await self._publish(list(pending.values()))
+            context_of = (
+                {(r["source"], r["source_id"], r["revision_hash"]): c for r, c in zip(rows, contexts, strict=True)}
+                if contexts is not None
+                else None
+            )
+            await self._publish(
+                list(pending.values()),
+                [context_of[(s.source, s.source_id, s.revision_hash)] for s in pending.values()]
+                if context_of
+                else None,
+            )
         results = []
         for r in rows:
             row = by_key[(r["source"], r["source_id"], r["revision_hash"])]
@@ -150,14 +162,20 @@ class RawRecordStore:
             ).all()
         return {row.record_id: row.erasure_id for row in rows}
 
-    async def _publish(self, rows: list[Any]) -> None:
+    async def _publish(self, rows: list[Any], contexts: list[Context] | None = None) -> None:
         """Publish stored rows (in the given order) with their fixed event ids, then mark them."""
         t = raw_records
         payloads = [raw_record_payload(row) for row in rows]
-        await self._publish_and_mark(payloads, [r.event_id for r in rows], t, t.c.id, [r.id for r in rows])
+        await self._publish_and_mark(payloads, [r.event_id for r in rows], t, t.c.id, [r.id for r in rows], contexts)
 
     async def _publish_and_mark(
-        self, payloads: list[Any], event_ids: list[str], table: Any, key: Any, keys: list[Any]
+        self,
+        payloads: list[Any],
+        event_ids: list[str],
+        table: Any,
+        key: Any,
+        keys: list[Any],
+        contexts: list[Context] | None = None,
     ) -> datetime:
         """Publish each payload on ``raw-data`` with its fixed event id, keyed by its record, once
         the broker acknowledged all of them mark their rows (``key`` in ``keys``) published."""
@@ -165,7 +183,7 @@ class RawRecordStore:
             (p.record_id, Event(data=p, source=self.producer.source, id=event_id, subject=p.record_id))
             for p, event_id in zip(payloads, event_ids, strict=True)
         ]
-        await self.producer.publish_many(Topic.RAW_DATA, events)  # type: ignore[arg-type]
+        await self.producer.publish_many(Topic.RAW_DATA, events, contexts=contexts)  # type: ignore[arg-type]
         now = datetime.now(UTC)
         async with self.db.sessions.begin() as session:
             await session.execute(update(table).where(key.in_(keys)).values(published_at=now))

@@ -372,6 +372,9 @@ class RawRecordHandler:
                 bands += [{"band": b, "band_hash": h, "cleaned_id": row.id} for b, h in row.bands]
             if bands:
                 assert self.near_dups is not None
+                # In key order: two transactions inserting overlapping band rows wait on each
+                # other's rows in the same order, never in a cycle.
+                bands.sort(key=lambda row: (row["band"], row["band_hash"]))
                 if await self.near_dups.insert_bands(session, bands) < len(bands):
                     raise _BandTaken
         if writes.dropped:

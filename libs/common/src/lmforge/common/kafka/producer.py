@@ -18,6 +18,8 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 from aiokafka.structs import RecordMetadata
+from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, StatusCode
 
 from .. import metrics
@@ -129,12 +131,19 @@ class EventProducer:
         return event
 
     async def publish_many(
-        self, topic: str, items: Sequence[tuple[str, EventPayload | Event[EventPayload]]]
+        self,
+        topic: str,
+        items: Sequence[tuple[str, EventPayload | Event[EventPayload]]],
+        *,
+        contexts: Sequence[Context] | None = None,
     ) -> list[Event[EventPayload]]:
         """Publish a batch and wait until the broker acknowledged every message.
 
         Every send is queued before any ack is awaited, so the messages share broker batches.
         The batch is one ``<topic> publish`` span; its context goes into every message's headers.
+        With ``contexts`` (one per item: messages that belong to different traces, such as the
+        records of a consumed batch), each message carries its own, and the publish span links
+        to them.
         """
         producer = self._require()
         events = [item if isinstance(item, Event) else self.event(item) for _, item in items]
@@ -146,14 +155,22 @@ class EventProducer:
         if len(events) == 1:
             attributes["messaging.message.id"] = events[0].id
             attributes["cloudevents.event_type"] = events[0].type
-        with tracer().start_as_current_span(f"{topic} publish", kind=SpanKind.PRODUCER, attributes=attributes) as span:
-            trace_headers = inject_context([])
+        links = []
+        if contexts is not None:
+            links = [
+                trace.Link(c) for ctx in contexts if (c := trace.get_current_span(ctx).get_span_context()).is_valid
+            ]
+        with tracer().start_as_current_span(
+            f"{topic} publish", kind=SpanKind.PRODUCER, attributes=attributes, links=links
+        ) as span:
+            shared = inject_context([])
+            own = [inject_context([], ctx) for ctx in contexts] if contexts is not None else None
             try:
                 async with asyncio.timeout(self.settings.publish_timeout_s):
                     futures = []
-                    for (key, _), event in zip(items, events, strict=True):
+                    for i, ((key, _), event) in enumerate(zip(items, events, strict=True)):
                         value, headers = event.to_kafka()
-                        headers.extend(trace_headers)
+                        headers.extend(own[i] if own is not None else shared)
                         futures.append(await producer.send(topic, value=value, key=key.encode(), headers=headers))
                     results = await asyncio.gather(*futures, return_exceptions=True)
             except TimeoutError as exc:
