@@ -16,6 +16,10 @@ tokenizer: the builtin model's shape (``lmforge.devstack.model_seed``). Each req
 that length unless it draws the end-of-text token.
 
     .venv/bin/python bench/serving.py [--requests 200] [--slo-seconds 60] [--max-tokens 8]
+        [--only overhead|batching|slo ...]
+
+``--only`` runs the parts named (repeatable; all three by default), e.g. ``--only overhead`` to
+rerun the overhead figure alone.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import os
 import statistics
 import tempfile
 import time
@@ -40,6 +45,7 @@ from lmforge.inference.model_repository import ModelRepository
 from lmforge.inference.settings import InferenceSettings
 
 MODEL = "bench-assistant"
+PARTS = ("overhead", "batching", "slo")
 CORPUS = [
     f"Customer: {q} Agent: {a}"
     for q, a in [
@@ -177,53 +183,104 @@ async def run(args: argparse.Namespace, stack: Stack, weights: Path) -> None:
         async def direct(i: int, model: str = triton_model, tag: str = "d") -> None:
             await triton_generate(triton, model, prompt(i, run_id + tag), args.max_tokens)
 
-        # 1. overhead: warm both paths, then interleave nothing: two sequential runs.
-        await sequential(via_gateway, 10)
-        await sequential(direct, 10)
-        g = await sequential(via_gateway, args.requests)
-        d = await sequential(direct, args.requests)
-        gp50, dp50 = statistics.median(g), statistics.median(d)
-        print(f"  gateway p90 {percentile(g, 90):.2f} ms; triton p90 {percentile(d, 90):.2f} ms")
-        print(f"serving overhead: gateway p50 {gp50:.2f} ms vs triton p50 {dp50:.2f} ms, overhead {gp50 - dp50:.2f} ms")
+        if "overhead" in args.only:
+            await overhead(args, stack, via_gateway, direct)
+        if "batching" in args.only:
+            await batching(args, stack, weights, triton, direct, run_id)
+        if "slo" in args.only:
+            await slo(args, via_gateway)
 
-        # 2. batching: the same weights as two more Triton models, batched and unbatched.
-        store = ArtifactStore(str(stack.workdir / "bench-artifacts"))
-        uri = store.put_dir(weights, "bench/weights")
-        rates = {}
-        for label, batch in (("batched", 16), ("unbatched", 1)):
-            settings = InferenceSettings(
-                model_repository=str(stack.triton.model_repository), max_batch_size=batch, instance_kind="cpu"
-            )
-            name = f"bench-{label}-{run_id}"
-            ModelRepository(settings, store).write_version(name, uri)
-            await triton.load_model(name)
-            await concurrent(functools.partial(direct, model=name, tag="w" + label), 16, requests=32)
-            lat, errors, elapsed = await concurrent(
-                functools.partial(direct, model=name, tag=label), 16, requests=args.batch_requests
-            )
-            rates[label] = len(lat) / elapsed
-            stats = await triton.get_inference_statistics(name, as_json=True)
-            sizes = {
-                int(b["batch_size"]): int(b["compute_infer"]["count"])
-                for b in stats["model_stats"][0].get("batch_stats", [])
-            }
-            print(
-                f"  {label}: {rates[label]:.1f} req/s, p50 {statistics.median(lat):.1f} ms, errors {errors}, "
-                f"executions by batch size {sizes}"
-            )
-            await triton.unload_model(name)
-        print(
-            f"serving batching: {rates['batched']:.1f} req/s at concurrency 16 vs {rates['unbatched']:.1f} req/s "
-            f"unbatched, gain {rates['batched'] / rates['unbatched']:.2f}x"
-        )
 
-        # 3. SLO through the gateway.
-        lat, errors, elapsed = await concurrent(lambda i: via_gateway(i, "s"), 16, seconds=args.slo_seconds)
-        total = len(lat) + errors
-        print(
-            f"serving slo: mean {statistics.fmean(lat):.1f} ms, p99 {percentile(lat, 99):.1f} ms, "
-            f"{len(lat) / elapsed:.1f} req/s, errors {100 * errors / max(total, 1):.2f}%"
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children's live processes (Linux ``/proc``; 0 elsewhere)."""
+    total = 0.0
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                total += cpu_seconds(int(child))
+    except (OSError, ValueError, IndexError):
+        pass
+    return total
+
+
+def processes(stack: Stack) -> dict[str, int]:
+    assert stack.triton is not None and stack.triton.proc is not None
+    pids = {name: stack.services[name].proc.pid for name in ("gateway", "inference")}  # type: ignore[union-attr]
+    return pids | {"triton": stack.triton.proc.pid}
+
+
+async def overhead(
+    args: argparse.Namespace,
+    stack: Stack,
+    via_gateway: Callable[[int], Awaitable[None]],
+    direct: Callable[[int], Awaitable[None]],
+) -> None:
+    """1. overhead: warm both paths, then interleave nothing: two sequential runs. Also the CPU
+    each process spent per request of the gateway run (Triton: with its model processes)."""
+    await sequential(via_gateway, 10)
+    await sequential(direct, 10)
+    pids = processes(stack)
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    g = await sequential(via_gateway, args.requests)
+    spent = {name: (cpu_seconds(pid) - before[name]) * 1000 / args.requests for name, pid in pids.items()}
+    d = await sequential(direct, args.requests)
+    gp50, dp50 = statistics.median(g), statistics.median(d)
+    print(f"  gateway p90 {percentile(g, 90):.2f} ms; triton p90 {percentile(d, 90):.2f} ms")
+    print("  cpu per request through the gateway: " + ", ".join(f"{k} {v:.2f} ms" for k, v in spent.items()))
+    print(f"serving overhead: gateway p50 {gp50:.2f} ms vs triton p50 {dp50:.2f} ms, overhead {gp50 - dp50:.2f} ms")
+
+
+async def batching(
+    args: argparse.Namespace,
+    stack: Stack,
+    weights: Path,
+    triton: grpcclient.InferenceServerClient,
+    direct: Callable[..., Awaitable[None]],
+    run_id: str,
+) -> None:
+    """2. batching: the same weights as two more Triton models, batched and unbatched."""
+    assert stack.triton is not None
+    store = ArtifactStore(str(stack.workdir / "bench-artifacts"))
+    uri = store.put_dir(weights, "bench/weights")
+    rates = {}
+    for label, batch in (("batched", 16), ("unbatched", 1)):
+        settings = InferenceSettings(
+            model_repository=str(stack.triton.model_repository), max_batch_size=batch, instance_kind="cpu"
         )
+        name = f"bench-{label}-{run_id}"
+        ModelRepository(settings, store).write_version(name, uri)
+        await triton.load_model(name)
+        await concurrent(functools.partial(direct, model=name, tag="w" + label), 16, requests=32)
+        lat, errors, elapsed = await concurrent(
+            functools.partial(direct, model=name, tag=label), 16, requests=args.batch_requests
+        )
+        rates[label] = len(lat) / elapsed
+        stats = await triton.get_inference_statistics(name, as_json=True)
+        sizes = {
+            int(b["batch_size"]): int(b["compute_infer"]["count"])
+            for b in stats["model_stats"][0].get("batch_stats", [])
+        }
+        print(
+            f"  {label}: {rates[label]:.1f} req/s, p50 {statistics.median(lat):.1f} ms, errors {errors}, "
+            f"executions by batch size {sizes}"
+        )
+        await triton.unload_model(name)
+    print(
+        f"serving batching: {rates['batched']:.1f} req/s at concurrency 16 vs {rates['unbatched']:.1f} req/s "
+        f"unbatched, gain {rates['batched'] / rates['unbatched']:.2f}x"
+    )
+
+
+async def slo(args: argparse.Namespace, via_gateway: Callable[..., Awaitable[None]]) -> None:
+    """3. SLO through the gateway."""
+    lat, errors, elapsed = await concurrent(lambda i: via_gateway(i, "s"), 16, seconds=args.slo_seconds)
+    total = len(lat) + errors
+    print(
+        f"serving slo: mean {statistics.fmean(lat):.1f} ms, p99 {percentile(lat, 99):.1f} ms, "
+        f"{len(lat) / elapsed:.1f} req/s, errors {100 * errors / max(total, 1):.2f}%"
+    )
 
 
 def main() -> None:
@@ -232,7 +289,14 @@ def main() -> None:
     parser.add_argument("--batch-requests", type=int, default=320)
     parser.add_argument("--slo-seconds", type=float, default=60)
     parser.add_argument("--max-tokens", type=int, default=8)
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=PARTS,
+        help="run only this part (repeatable); all of them by default",
+    )
     args = parser.parse_args()
+    args.only = args.only or list(PARTS)
     with tempfile.TemporaryDirectory(prefix="lmforge-bench-") as tmp:
         weights = save_small_gpt2(Path(tmp) / "weights", CORPUS)
         # Generous rate limits: the benchmark measures serving, not the per-key budget.
