@@ -552,14 +552,17 @@ async def create_api_key(
 async def revoke_api_key(
     request: Request, key_id: ApiKeyId, _: Annotated[Principal, Depends(require(Scope.ADMIN))]
 ) -> ApiKey:
-    """Revoke a key: it is refused (``401``) from its very next request on, and stays listed.
+    """Revoke a key: it is refused (``401``) from its very next request on, and stays listed
+    (by other gateway replicas within ``api_key_cache_ttl_s``, 5 seconds by default).
 
     ``409`` for the bootstrap admin key: change or remove ``LMFORGE_GATEWAY_BOOTSTRAP_ADMIN_KEY``.
     """
     try:
-        return _key_view(request, await store.revoke_key(request.app.state.runtime.db, key_id))
+        row = await store.revoke_key(request.app.state.runtime.db, key_id)
     except (store.KeyNotFound, store.KeyManagedBySettings) as exc:
         raise _key_error(exc) from exc
+    request.app.state.key_cache.forget(key_id)  # this replica refuses it from the next request on
+    return _key_view(request, row)
 
 
 @router.post("/api-keys/{key_id}/rotate", response_model=ApiKeyCreated, responses=error_responses(404, 409))
@@ -575,6 +578,7 @@ async def rotate_api_key(
         row = await store.replace_secret(request.app.state.runtime.db, key_id, digest(secret))
     except (store.KeyNotFound, store.KeyManagedBySettings, store.KeyRevoked) as exc:
         raise _key_error(exc) from exc
+    request.app.state.key_cache.forget(key_id)  # the old secret: refused here from the next request on
     return ApiKeyCreated(
         key_id=row.key_id,
         name=row.name,

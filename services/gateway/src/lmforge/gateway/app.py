@@ -13,7 +13,7 @@ from lmforge.common.http import create_app
 from lmforge.common.service import ServiceRuntime
 
 from . import api, openai_api
-from .auth import sync_bootstrap_key
+from .auth import KeyCache, sync_bootstrap_key
 from .downstream import Downstream, PassThrough
 from .quotas import Quotas
 from .settings import GatewaySettings
@@ -42,7 +42,7 @@ def build_app(settings: GatewaySettings | None = None) -> FastAPI:
     readiness = runtime.readiness() | {"rate_limits": quotas.ready}
     app = create_app("gateway", lifespan=lifespan, readiness=readiness)
     app.state.settings, app.state.runtime, app.state.downstream = settings, runtime, downstream
-    app.state.quotas = quotas
+    app.state.quotas, app.state.key_cache = quotas, KeyCache(settings.api_key_cache_ttl_s)
 
     @app.exception_handler(PassThrough)
     async def _pass_through(_: Request, exc: PassThrough) -> Response:

@@ -8,8 +8,12 @@ scope before FastAPI reads or validates the body, so a caller learns 401, then 4
 422: nothing about a route's body is told to a caller who may not call it. Between the scope and
 the body, the key's request rate is counted (429, ``quotas.py``).
 
-Every request reads its key's row (``store.py``): there is no cache, so a revoked, rotated or
-expired key is refused from the very next request on, by every replica.
+A key that was accepted is remembered for ``api_key_cache_ttl_s`` seconds (``KeyCache``), so a
+request costs no database read. The bound on a revocation or rotation is that TTL, counted from
+the database read, and only on another replica: the replica that revokes or rotates a key forgets
+it at once; expiry is checked on every request against the key's ``expires_at``; and a refusal is
+never answered from memory: a key that the remembered row would refuse (another secret, revoked,
+expired) is read again first, so a rotated key's new secret works at once on every replica.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -117,6 +122,57 @@ async def sync_bootstrap_key(db: Database, key: str | None) -> None:
     log.info("bootstrap admin key", key_id=key_id, outcome=outcome)
 
 
+class KeyCache:
+    """Rows of keys that were accepted, each for ``ttl_s`` seconds after it was read from the database.
+
+    ``forget`` drops a key (revoke, rotate) and makes any read that began before it unable to
+    store what it read, so the row a revoke replaced never comes back. ``ttl_s`` 0: nothing kept.
+    """
+
+    def __init__(self, ttl_s: float, max_entries: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._rows: dict[str, tuple[float, store.ApiKeyRow]] = {}
+        self._forgets = 0
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def get(self, key_id: str) -> store.ApiKeyRow | None:
+        entry = self._rows.get(key_id)
+        if entry is None:
+            return None
+        if entry[0] <= time.monotonic():
+            del self._rows[key_id]
+            return None
+        return entry[1]
+
+    def epoch(self) -> int:
+        """Taken before a database read, handed to ``put``: a ``forget`` meanwhile voids the read."""
+        return self._forgets
+
+    def put(self, row: store.ApiKeyRow, epoch: int) -> None:
+        if self.ttl_s <= 0 or epoch != self._forgets:
+            return
+        if row.key_id not in self._rows and len(self._rows) >= self.max_entries:
+            del self._rows[next(iter(self._rows))]  # the oldest read
+        self._rows[row.key_id] = (time.monotonic() + self.ttl_s, row)
+
+    def update(self, row: store.ApiKeyRow) -> None:
+        """The remembered row, changed by this process (``last_used_at``); its deadline stays."""
+        entry = self._rows.get(row.key_id)
+        if entry is not None:
+            self._rows[row.key_id] = (entry[0], row)
+
+    def forget(self, key_id: str) -> None:
+        self._forgets += 1
+        self._rows.pop(key_id, None)
+
+
+def _accepts(key: store.ApiKeyRow, secret_sha256: str, now: datetime) -> bool:
+    return hmac.compare_digest(key.secret_sha256, secret_sha256) and key.revoked_at is None and not key.expired(now)
+
+
 def _unauthorized(message: str) -> HTTPException:
     return HTTPException(401, {"code": "unauthorized", "message": message}, headers={"WWW-Authenticate": "Bearer"})
 
@@ -127,18 +183,29 @@ async def authenticate(request: Request) -> Principal:
     if scheme.lower() != "bearer" or not token:
         raise _unauthorized("missing API key: send Authorization: Bearer <key>")
     parsed = split_key(token.strip())
+    if parsed is None:
+        raise _unauthorized("invalid API key")
     db: Database = request.app.state.runtime.db
-    key = await store.get_key(db, parsed[0]) if parsed is not None else None
-    if parsed is None or key is None or not hmac.compare_digest(key.secret_sha256, digest(parsed[1])):
+    cache: KeyCache = request.app.state.key_cache
+    key_id, secret_sha256, now = parsed[0], digest(parsed[1]), datetime.now(UTC)
+    key = cache.get(key_id)
+    if key is None or not _accepts(key, secret_sha256, now):
+        # Not remembered, or the remembered row would refuse: the database decides.
+        epoch = cache.epoch()
+        key = await store.get_key(db, key_id)
+        if key is not None:
+            cache.put(key, epoch)
+    if key is None or not hmac.compare_digest(key.secret_sha256, secret_sha256):
         raise _unauthorized("invalid API key")
     # Only a caller holding the right secret learns that the key was revoked or has expired.
     if key.revoked_at is not None:
         raise _unauthorized("this API key was revoked")
-    now = datetime.now(UTC)
     if key.expired(now):
         assert key.expires_at is not None
         raise _unauthorized(f"this API key expired at {key.expires_at.isoformat(timespec='seconds')}")
-    await store.touch_key(db, key, now)
+    if store.touch_due(key, now):
+        await store.touch_key(db, key, now)
+        cache.update(replace(key, last_used_at=now))
     return Principal(
         key_id=key.key_id,
         name=key.name,

@@ -21,6 +21,10 @@ class GatewaySettings(ServiceSettings):
     trainer_url: str = "http://127.0.0.1:8103"
     registry_url: str = "http://127.0.0.1:8104"
     inference_url: str = "http://127.0.0.1:8105"
+    # How long an accepted API key is remembered (auth.KeyCache), so that a request reads no
+    # database. A revoke or rotation holds at once on the replica that made it, and on the other
+    # replicas within this many seconds; 0: every request reads its key (docs/security.md).
+    api_key_cache_ttl_s: float = Field(default=5.0, ge=0, le=60)
     connect_timeout_s: float = 3.0
     request_timeout_s: float = 30.0
     completion_timeout_s: float = 120.0

@@ -1,8 +1,8 @@
 """The gateway's persistence: API keys. Routes and authentication call these; none writes SQL itself.
 
 No secret comes here, only its SHA-256 (``auth.py`` makes keys and hashes them). Nothing is
-cached either: every request reads its key's row, so a revoke or a rotation holds from the very
-next request, on every replica.
+cached here; ``auth.KeyCache`` remembers accepted keys for a few seconds, and the routes that
+revoke or rotate a key make it forget them.
 """
 
 from __future__ import annotations
@@ -154,9 +154,14 @@ async def replace_secret(db: Database, key_id: str, secret_sha256: str) -> ApiKe
     return row
 
 
+def touch_due(key: ApiKeyRow, now: datetime) -> bool:
+    """``last_used_at`` is older than ``LAST_USED_RESOLUTION`` (or unset): ``touch_key`` would write."""
+    return key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION
+
+
 async def touch_key(db: Database, key: ApiKeyRow, now: datetime) -> None:
     """Note that ``key`` was used, unless that was noted less than a minute ago."""
-    if key.last_used_at is not None and now - key.last_used_at < LAST_USED_RESOLUTION:
+    if not touch_due(key, now):
         return
     async with db.sessions.begin() as session:
         await session.execute(
