@@ -197,3 +197,28 @@ async def test_a_cut_that_read_its_snapshot_before_an_erasure_drops_the_record(
     manifest = p.store.manifest(cut["manifest_uri"])
     assert set(_texts(p.store, manifest)) == {"crm:T-2", "crm:T-3"}
     assert b"parcel arrived" not in p.artifact_bytes()
+
+
+async def test_an_erasure_is_reported_applied_only_once_the_versions_are_rewritten(
+    database: Database, tmp_path: Path
+) -> None:
+    """Between deleting the rows and rewriting the versions, the audit entry is not yet shown: the
+    trail (``GET /v1/erasures/{id}``) says ``requested`` until the record is out of every version."""
+    await database.create_all(metadata)
+    p = Preprocess(database, tmp_path)
+    await p.record("T-1", T1)
+    await p.store.create_version("tickets")
+    request = erasure("T-1")
+    remove = p.store.remove_from_versions
+    seen_meanwhile: list[object] = []
+
+    async def look_then_remove(*args: object) -> object:
+        seen_meanwhile.append(await p.store.erasure(request.erasure_id))
+        return await remove(*args)  # type: ignore[arg-type]
+
+    p.store.remove_from_versions = look_then_remove  # type: ignore[method-assign]
+    await p.send(request)
+    assert seen_meanwhile == [None], "rows deleted, versions not yet rewritten: not applied"
+    entry = await p.store.erasure(request.erasure_id)
+    assert entry is not None and entry["dataset_versions"] == [{"dataset": "tickets", "version": 1}]
+    assert entry["applied_at"] >= entry["requested_at"]

@@ -431,10 +431,11 @@ class RawRecordHandler:
         async with self.db.sessions.begin() as session:
             if not await inbox.claim(session, self.group, event.id):
                 return
-            if versions:
-                await session.execute(
-                    update(erasures).where(erasures.c.erasure_id == erased.erasure_id).values(dataset_versions=versions)
-                )
+            await session.execute(
+                update(erasures)
+                .where(erasures.c.erasure_id == erased.erasure_id)
+                .values(dataset_versions=versions, completed_at=datetime.now(UTC))
+            )
             await outbox.add(session, Topic.CLEANED_DATA, erased, key=record_id, subject=record_id)
         self.relay.wake()
         log.info("record erased", record_id=record_id, erasure_id=erased.erasure_id, dataset_versions=len(versions))

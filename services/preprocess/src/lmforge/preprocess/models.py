@@ -143,7 +143,10 @@ erasures = Table(
     Column("record_id", String(401), nullable=False, index=True),
     Column("requested_at", DateTime(timezone=True), nullable=False),
     Column("requested_by", String(300), nullable=True),
+    # When its rows here were deleted (step 1), and when the dataset versions were rewritten too
+    # and the erasure passed on (step 3; null until then: not yet applied, as the API says).
     Column("applied_at", DateTime(timezone=True), nullable=False),
+    Column("completed_at", DateTime(timezone=True), nullable=True),
     Column("cleaned_records_erased", Integer, nullable=False),
     Column("dropped_records_erased", Integer, nullable=False),
     Column("events_forgotten", Integer, nullable=False),

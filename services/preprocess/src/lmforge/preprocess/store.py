@@ -370,13 +370,18 @@ class DatasetStore:
         return json.loads(self.artifacts.read_bytes(self.artifacts.key_of(manifest_uri)))  # type: ignore[no-any-return]
 
     async def erasure(self, erasure_id: str) -> dict[str, Any] | None:
-        """An applied erasure's audit entry (``models.erasures``), or None."""
+        """An applied erasure's audit entry (``models.erasures``), or None: also while it is being
+        applied (its rows deleted, the dataset versions not yet rewritten). ``applied_at`` is when
+        it was completed."""
+        t = erasures
         async with self.db.sessions() as session:
-            row = (await session.execute(select(erasures).where(erasures.c.erasure_id == erasure_id))).first()
+            row = (
+                await session.execute(select(t).where(t.c.erasure_id == erasure_id, t.c.completed_at.is_not(None)))
+            ).first()
         if row is None:
             return None
         entry = dict(row._mapping)
-        return entry | {"requested_at": as_utc(entry["requested_at"]), "applied_at": as_utc(entry["applied_at"])}
+        return entry | {"requested_at": as_utc(entry["requested_at"]), "applied_at": as_utc(entry["completed_at"])}
 
     async def stats(self) -> dict[str, Any]:
         async with self.db.sessions() as session:
