@@ -9,18 +9,23 @@ was waiting to be published never is; the sweeper publishes the erasure once the
 
 from __future__ import annotations
 
+import asyncio
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
-from lmforge.common.events import RawRecordV1, RecordErasedV1, Topic, decode_event
+from lmforge.common.db import Database, lock_names
+from lmforge.common.events import RawRecordV1, RecordErasedV1, Topic, content_hash, decode_event
 from lmforge.common.http import PRINCIPAL_HEADER
-from lmforge.common.kafka import ensure_topics
+from lmforge.common.kafka import EventProducer, ensure_topics
 from lmforge.common.settings import KafkaSettings
-from lmforge.devstack.servers import TansuBroker
+from lmforge.devstack.servers import PostgresCluster, TansuBroker
 from lmforge.ingest.models import erasures, raw_records
+from lmforge.ingest.models import metadata as ingest_metadata
+from lmforge.ingest.store import RawRecordStore
 
 from ..helpers import read_topic, wait_until
 from .test_sweeper import _client, _settings
@@ -113,3 +118,41 @@ async def test_an_erasure_during_a_broker_outage_is_published_later_and_strands_
         assert erased.id == waiting.event_id and erased.data.record_id == "crm:T-1"
     finally:
         broker.stop()
+
+
+async def test_a_record_stored_while_it_is_erased_does_not_survive_on_postgresql(
+    kafka_settings: KafkaSettings, postgres: PostgresCluster, unique: str
+) -> None:
+    """On PostgreSQL an erasure's delete cannot see a row another transaction has inserted but not
+    committed: without a lock, a copy stored at the moment of the erasure would survive it. Storing
+    and erasing lock the record's name, so the erasure waits for the store, then deletes its row."""
+    database = Database(postgres.create_database(f"erase_race_{unique}"))
+    try:
+        await database.create_all(ingest_metadata)
+        async with EventProducer(kafka_settings, source="tests") as producer:
+            store = RawRecordStore(database, producer)
+            async with database.sessions.begin() as session:  # a store in flight: locked, inserted, not committed
+                await lock_names(session, ["crm:T-7"])
+                await session.execute(
+                    raw_records.insert().values(
+                        record_id="crm:T-7",
+                        source="crm",
+                        source_id="T-7",
+                        text="call me on 13812345678",
+                        content_hash=content_hash("call me on 13812345678"),
+                        revision_hash=content_hash("call me on 13812345678"),
+                        metadata={},
+                        ingested_at=datetime.now(UTC),
+                        event_id="e-race",
+                    )
+                )
+                erasing = asyncio.create_task(store.erase("crm", "T-7", "dpo"))
+                await asyncio.sleep(1.0)
+                assert not erasing.done(), "the erasure waits for the record's lock"
+            entry = await asyncio.wait_for(erasing, 30)
+        assert entry.raw_records_erased == 1, "it deleted the row committed meanwhile"
+        async with database.sessions() as s:
+            assert (await s.execute(select(raw_records))).all() == []
+        assert entry.requested_at > datetime.now(UTC) - timedelta(seconds=30)
+    finally:
+        await database.dispose()

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from opentelemetry.context import Context
 from sqlalchemy import delete, func, select, update
 
-from lmforge.common.db import Database, as_utc, insert_ignoring_conflicts
+from lmforge.common.db import Database, as_utc, insert_ignoring_conflicts, lock_names
 from lmforge.common.events import (
     Event,
     RawRecordV1,
@@ -90,8 +90,7 @@ class RawRecordStore:
         event ids). A record too large to publish raises ``RecordTooLarge`` before anything is stored.
         """
         check_record_size(records, self.max_record_bytes)
-        now = datetime.now(UTC)
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "record_id": record_key(r.source, r.source_id),
                 "source": r.source,
@@ -102,13 +101,19 @@ class RawRecordStore:
                 "metadata": r.metadata,
                 "label": r.label,
                 "timestamp": r.timestamp,
-                "ingested_at": now,
                 "event_id": str(uuid.uuid4()),
             }
             for r in records
         ]
         t = raw_records
         async with self.db.sessions.begin() as session:
+            # Against an erasure of the same record at the same moment: one waits for the other,
+            # and the time is taken once the lock is held (a copy stored after the erasure is
+            # newer than it, and kept downstream; one stored before is deleted by it).
+            await lock_names(session, {r["record_id"] for r in rows})
+            now = datetime.now(UTC)
+            for values in rows:
+                values["ingested_at"] = now
             await session.execute(insert_ignoring_conflicts(self.db.dialect, t, rows))
             keys = {(r["source"], r["source_id"], r["revision_hash"]) for r in rows}
             # One IN over record ids (not an OR per record: SQLite caps expression depth at 1000).
@@ -197,18 +202,19 @@ class RawRecordStore:
         a record that has no rows left is a new entry that deletes nothing and is published too).
         """
         record_id = record_key(source, source_id)
-        row = {
+        row: dict[str, Any] = {
             "erasure_id": str(uuid.uuid4()),
             "record_id": record_id,
             "source": source,
             "source_id": source_id,
-            "requested_at": datetime.now(UTC),
             "requested_by": requested_by,
             "event_id": str(uuid.uuid4()),
             "published_at": None,
         }
         t = raw_records
         async with self.db.sessions.begin() as session:
+            await lock_names(session, [record_id])  # see accept
+            row["requested_at"] = datetime.now(UTC)
             deleted = await session.execute(delete(t).where(t.c.source == source, t.c.source_id == source_id))
             row["raw_records_erased"] = deleted.rowcount or 0  # type: ignore[attr-defined]
             await session.execute(erasures.insert().values(**row))

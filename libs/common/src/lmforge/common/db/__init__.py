@@ -4,7 +4,7 @@ from .engine import Database, create_engine
 from .inbox import Inbox
 from .migrations import run_alembic_env, upgrade_database, upgrade_database_sync
 from .outbox import Outbox, OutboxRelay
-from .statements import as_utc, insert_ignoring_conflicts
+from .statements import as_utc, insert_ignoring_conflicts, lock_names
 
 __all__ = [
     "Database",
@@ -14,6 +14,7 @@ __all__ = [
     "as_utc",
     "create_engine",
     "insert_ignoring_conflicts",
+    "lock_names",
     "run_alembic_env",
     "upgrade_database",
     "upgrade_database_sync",

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, overload
 
-from sqlalchemy import Table
+from sqlalchemy import Table, text
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.dml import Insert
 
 
@@ -40,3 +43,18 @@ def as_utc(value: datetime | None) -> datetime | None:
     if value is None or value.tzinfo is not None:
         return value
     return value.replace(tzinfo=UTC)
+
+
+async def lock_names(session: AsyncSession, names: Iterable[str]) -> None:
+    """Hold a lock on each name until the caller's transaction ends: two transactions that lock the
+    same name run one after the other from here on. PostgreSQL: transaction-scoped advisory locks,
+    taken in a fixed order (so two transactions never wait on each other in a cycle). SQLite
+    serialises writers already: nothing to do."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    keys = sorted({int.from_bytes(hashlib.sha256(n.encode()).digest()[:8], "big", signed=True) for n in names})
+    if keys:
+        # unnest yields the array in its order: the locks are taken in key order.
+        await session.execute(
+            text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k"), {"keys": keys}
+        )
