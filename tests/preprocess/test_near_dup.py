@@ -40,6 +40,7 @@ from lmforge.preprocess.near_dup import (
     band_shape,
     candidate_probability,
     jaccard,
+    mark_index_stale,
     shingles,
 )
 from lmforge.preprocess.settings import NearDupSettings
@@ -347,3 +348,19 @@ async def test_a_rebuild_of_a_large_index_at_a_low_threshold_fits_the_driver(dat
     async with database.sessions() as s:
         owners = (await s.execute(select(func.count(func.distinct(near_dup_bands.c.cleaned_id))))).scalar_one()
     assert owners == kept, "every kept record owns band rows"
+
+
+async def test_records_kept_while_the_index_was_off_are_indexed_when_it_is_back(database: Database) -> None:
+    """Switched off (no ``near_dup`` step, or the setting), preprocess keeps records without band
+    rows and marks the index stale; the next start with it rebuilds it, so they are found."""
+    await database.create_all(metadata)
+    index = NearDuplicateIndex(0.9)
+    await index.ensure_index(database)
+    await _handler(database, index)(_message(0, "O-1", OTHER))
+    off = RawRecordHandler(database, "lmforge-preprocess", _relay(database), near_dups=None)
+    await mark_index_stale(database)  # what a start without the index does
+    await off(_message(1, "E-1", EN))
+    assert await index.ensure_index(database) == 2, "rebuilt from both kept records"
+    await _handler(database, index)(_message(2, "E-2", EN_COPY))
+    dropped = (await _dropped(database))["crm:E-2"]
+    assert (dropped["reason"], dropped["duplicate_of"]) == ("near_duplicate", "crm:E-1")

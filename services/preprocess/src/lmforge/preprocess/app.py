@@ -11,7 +11,7 @@ from lmforge.common.service import ServiceRuntime
 from . import api
 from .handlers import RawRecordHandler
 from .models import outbox
-from .near_dup import NearDuplicateIndex
+from .near_dup import NearDuplicateIndex, mark_index_stale
 from .recipe import Recipe, RecipeError, default_recipe, load_recipe
 from .settings import PreprocessSettings
 from .store import DatasetStore
@@ -32,6 +32,8 @@ def build_app(settings: PreprocessSettings | None = None) -> FastAPI:
     datasets = DatasetStore(runtime.db, runtime.artifacts, runtime.relay, near_dups, recipe)
     if near_dups is not None:  # rows written under another threshold are rebuilt before any record is read
         runtime.prepare(lambda: near_dups.ensure_index(runtime.db))
+    else:  # records kept from now on have no band rows: a later start with the index rebuilds it
+        runtime.prepare(lambda: mark_index_stale(runtime.db))
     handler = RawRecordHandler(runtime.db, settings.consumer_group, runtime.relay, pipeline, near_dups, datasets)
     runtime.consume(settings.consumer_group, [Topic.RAW_DATA], handler, batch_handler=handler.handle_batch)
     app = create_app("preprocess", lifespan=runtime.lifespan, readiness=runtime.readiness(), internal=settings.internal)

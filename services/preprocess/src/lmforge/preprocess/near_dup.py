@@ -261,6 +261,14 @@ class NearDuplicateIndex:
         return inserted
 
 
+async def mark_index_stale(db: Database) -> None:
+    """A service running without the index (no ``near_dup`` step, or it switched off) keeps records
+    without band rows: the stored index no longer holds every kept record, so the next start with
+    the index rebuilds it (``NearDuplicateIndex.ensure_index``)."""
+    async with db.sessions.begin() as session:
+        await session.execute(update(near_dup_state).where(near_dup_state.c.name == "lsh").values(banding=""))
+
+
 # A record kept earlier in the same batch comes after every stored one in the order records were kept.
 _PENDING = 1 << 62
 
