@@ -9,6 +9,7 @@ the erasure is passed on to ``cleaned-data`` once, and its audit entry names the
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +18,7 @@ from sqlalchemy import select
 
 from lmforge.common.artifacts import ArtifactStore
 from lmforge.common.db import Database, OutboxRelay
-from lmforge.common.events import Event, RawRecordV1, RecordErasedV1, content_hash
+from lmforge.common.events import DatasetVersionCreatedV1, Event, RawRecordV1, RecordErasedV1, content_hash
 from lmforge.common.kafka import EventProducer, InboundMessage
 from lmforge.common.settings import KafkaSettings
 from lmforge.preprocess.handlers import RawRecordHandler
@@ -197,6 +198,16 @@ async def test_a_cut_that_read_its_snapshot_before_an_erasure_drops_the_record(
     manifest = p.store.manifest(cut["manifest_uri"])
     assert set(_texts(p.store, manifest)) == {"crm:T-2", "crm:T-3"}
     assert b"parcel arrived" not in p.artifact_bytes()
+    # It was taken out before the version was announced: the announcement counts what is in it.
+    async with database.sessions() as s:
+        (announced,) = (
+            await s.execute(
+                select(outbox.table.c.value).where(outbox.table.c.event_type == DatasetVersionCreatedV1.event_type)
+            )
+        ).scalars()
+    assert json.loads(announced)["record_count"] == 2
+    (listed,) = await p.store.list_versions("tickets")
+    assert listed["record_count"] == 2 and listed["split_counts"] == manifest["split_counts"]
 
 
 async def test_an_erasure_is_reported_applied_only_once_the_versions_are_rewritten(

@@ -18,7 +18,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from lmforge.common.db import Database, OutboxRelay, as_utc, insert_ignoring_conflicts
+from lmforge.common.db import Database, OutboxRelay, as_utc, insert_ignoring_conflicts, lock_names
 from lmforge.common.events import CleanedRecordV2, Event, RawRecordV1, RecordErasedV1, Topic, content_hash
 from lmforge.common.kafka import BatchItem, InboundMessage
 from lmforge.common.telemetry import get_logger
@@ -28,7 +28,7 @@ from .models import DropReason, cleaned_records, dropped_records, erasures, inbo
 from .near_dup import OPERATOR as NEAR_DUP_OPERATOR
 from .near_dup import Candidate, Fingerprint, IndexView, NearDuplicate, NearDuplicateIndex
 from .recipe import Outcome, Pipeline, default_pipeline
-from .store import DatasetStore
+from .store import ERASURE_LOCK, DatasetStore
 
 log = get_logger(__name__)
 
@@ -397,8 +397,9 @@ class RawRecordHandler:
         async with self.db.sessions() as session:
             if await inbox.seen(session, self.group, event.id):
                 return
-        now = datetime.now(UTC)
         async with self.db.sessions.begin() as session:
+            await lock_names(session, [ERASURE_LOCK])  # a cut becoming ready meanwhile sees this one
+            now = datetime.now(UTC)
             cleaned = await session.execute(delete(cleaned_records).where(cleaned_records.c.record_id == record_id))
             dropped = await session.execute(delete(dropped_records).where(dropped_records.c.record_id == record_id))
             # Records dropped as its duplicates stay dropped, but no longer name it.

@@ -20,7 +20,7 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from lmforge.common.artifacts import ArtifactStore
-from lmforge.common.db import Database, OutboxRelay, as_utc
+from lmforge.common.db import Database, OutboxRelay, as_utc, lock_names
 from lmforge.common.events import DatasetVersionCreatedV1, Split, Topic
 from lmforge.common.telemetry import inject_context
 
@@ -29,6 +29,15 @@ from .near_dup import NearDuplicateIndex
 from .pii import PiiType, Sensitivity, sensitivity_of
 from .recipe import Recipe, default_recipe
 from .splits import SplitSpec
+
+# Held by the transaction that applies an erasure here (its rows deleted) and by the one that makes
+# a dataset version ready: a version is either ready before the erasure looks for versions to
+# rewrite, or checked for the erasure before it is ready.
+ERASURE_LOCK = "lmforge-preprocess:erasures"
+
+
+class _ErasedMeanwhile(Exception):
+    """A record of a cut was erased while the cut was written: roll back, take it out, retry."""
 
 
 class EmptyDataset(ValueError):
@@ -96,42 +105,73 @@ class DatasetStore:
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
         manifest_uri = manifest["manifest_uri"]
-        async with self.db.sessions.begin() as session:
-            await session.execute(
-                update(dataset_versions)
-                .where(dataset_versions.c.dataset == dataset, dataset_versions.c.version == version)
-                .values(state="ready", manifest_uri=manifest_uri)
-            )
-            await outbox.add(
-                session,
-                Topic.DATASET_EVENTS,
-                DatasetVersionCreatedV1(
-                    dataset=dataset,
-                    version=version,
-                    manifest_uri=manifest_uri,
-                    record_count=cut.record_count,
-                    split_counts=cut.split_counts,
-                    config_hash=self.config_hash,
-                ),
-                key=dataset,
-            )
-        self.relay.wake()
-        # An erasure applied while this cut read its snapshot may have missed this version (it was
-        # not ready yet): such records are removed from it now, as the erasure would have.
-        async with self.db.sessions() as session:
-            late = (
-                await session.execute(
-                    select(erasures.c.erasure_id, erasures.c.record_id).where(erasures.c.applied_at >= started)
-                )
-            ).all()
         in_cut = {r["record_id"] for r in cut.records}
-        for erasure_id, record_id in late:
-            if record_id in in_cut:
-                await self.remove_from_versions({record_id}, erasure_id, only=(dataset, version))
-                manifest = await asyncio.to_thread(self.manifest, manifest_uri)
+        handled: set[str] = set()
+        while True:
+            # An erasure applied since this cut read its snapshot may have missed this version (it
+            # was not ready): such records leave it before it is ready and announced.
+            missed = await self._ready_unless_erased(dataset, version, manifest_uri, manifest, started, in_cut, handled)
+            if not missed:
+                break
+            for erasure_id, record_id in missed:
+                manifest, _ = await asyncio.to_thread(self._remove_from_version, manifest_uri, {record_id}, erasure_id)
+                handled.add(erasure_id)
+        self.relay.wake()
         return {k: manifest[k] for k in ("dataset", "version", "record_count", "split_counts", "config_hash")} | {
             "manifest_uri": manifest_uri
         }
+
+    async def _ready_unless_erased(
+        self,
+        dataset: str,
+        version: int,
+        manifest_uri: str,
+        manifest: dict[str, Any],
+        started: datetime,
+        in_cut: set[str],
+        handled: set[str],
+    ) -> list[tuple[str, str]]:
+        """Mark the version ready and announce it, in one transaction, unless an erasure applied
+        since ``started`` (and not yet handled) names one of its records: then nothing changes and
+        those erasures are returned. The transaction holds the erasure lock (``ERASURE_LOCK``; on
+        SQLite the write lock, from its first statement), so an erasure applied after this check
+        finds the version ready and rewrites it itself."""
+        missed: list[tuple[str, str]] = []
+        try:
+            async with self.db.sessions.begin() as session:
+                await lock_names(session, [ERASURE_LOCK])
+                await session.execute(
+                    update(dataset_versions)
+                    .where(dataset_versions.c.dataset == dataset, dataset_versions.c.version == version)
+                    .values(
+                        state="ready",
+                        manifest_uri=manifest_uri,
+                        record_count=manifest["record_count"],
+                        split_counts=manifest["split_counts"],
+                    )
+                )
+                late = await session.execute(
+                    select(erasures.c.erasure_id, erasures.c.record_id).where(erasures.c.applied_at >= started)
+                )
+                missed = [(e, r) for e, r in late if r in in_cut and e not in handled]
+                if missed:
+                    raise _ErasedMeanwhile
+                await outbox.add(
+                    session,
+                    Topic.DATASET_EVENTS,
+                    DatasetVersionCreatedV1(
+                        dataset=dataset,
+                        version=version,
+                        manifest_uri=manifest_uri,
+                        record_count=manifest["record_count"],
+                        split_counts=manifest["split_counts"],
+                        config_hash=self.config_hash,
+                    ),
+                    key=dataset,
+                )
+        except _ErasedMeanwhile:
+            return missed
+        return []
 
     async def remove_from_versions(
         self, record_ids: set[str], erasure_id: str, only: tuple[str, int] | None = None
