@@ -418,18 +418,20 @@ async def test_a_request_that_read_its_alias_before_a_promotion_is_answered_by_t
     await inference.deploy(model, "production", 2, save_model(inference.store, "models/m/run-2"))
     assert not await inference.triton.is_ready(f"{model}-v1")  # the promotion unloaded v1
 
-    reads = 0
-    fresh = store.get_deployment
+    # Routed as by a copy that missed the promotion: the first lookup answers the row before it.
+    routing = inference.app.state.routing
+    lookups = 0
+    held = routing.deployment
 
-    async def first_read_is_stale(*args: Any) -> Any:
-        nonlocal reads
-        reads += 1
-        return stale if reads == 1 else await fresh(*args)
+    async def first_lookup_is_stale(model: str, alias: str, *, fresh: bool = False) -> Any:
+        nonlocal lookups
+        lookups += 1
+        return stale if lookups == 1 else await held(model, alias, fresh=fresh)
 
-    monkeypatch.setattr(store, "get_deployment", first_read_is_stale)
+    monkeypatch.setattr(routing, "deployment", first_lookup_is_stale)
     for stream in (False, True):
-        reads = 0
+        lookups, reads = 0, routing.reads
         r = await inference.generate(model=model, prompt="hello", max_tokens=2, stream=stream, temperature=0.5)
         assert r.status_code == 200, r.text
         assert r.headers["X-Lmforge-Model-Version"] == f"{model}@v2"
-        assert reads == 2
+        assert lookups == 2 and routing.reads == reads + 1, "the retry reads the database"

@@ -15,12 +15,13 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from lmforge.common.db import Database, as_utc
+from lmforge.common.db import as_utc
 from lmforge.common.http import error_responses
 from lmforge.common.names import AliasName, ModelName
 
 from . import metrics, store
 from .cache import CachedAnswer, ResponseCache, cache_key
+from .routing import Routing
 from .triton import (
     ContextLengthExceeded,
     Delta,
@@ -137,14 +138,17 @@ def _not_found(message: str) -> HTTPException:
     return HTTPException(404, {"code": "model_not_found", "message": message})
 
 
-async def resolve(db: Database, model: str, alias: str | None, version: int | None) -> Target:
+async def resolve(
+    routing: Routing, model: str, alias: str | None, version: int | None, *, fresh: bool = False
+) -> Target:
+    """What answers; from ``routing``'s snapshot, or read from the database with ``fresh``."""
     if version is not None:
-        row = await store.serving_version(db, model, version)
+        row = await routing.serving_version(model, version, fresh=fresh)
         if row is None:
             raise _not_found(f"no version {version} of model {model} is being served")
         return Target(model, None, version, row.triton_model, row.context_length)
     alias = alias or DEFAULT_ALIAS
-    row = await store.get_deployment(db, model, alias)
+    row = await routing.deployment(model, alias, fresh=fresh)
     if row is None:
         raise _not_found(f"no model {model}@{alias}")
     if row.serving_version is None or row.triton_model is None:
@@ -224,14 +228,14 @@ def _final_line(target: Target, finish_reason: str, prompt_tokens: int, completi
 )
 async def generate(request: Request, response: Response, body: GenerateRequest) -> Any:
     settings = request.app.state.settings
-    db: Database = request.app.state.runtime.db
+    routing: Routing = request.app.state.routing
     triton: TritonModels = request.app.state.triton
     cache: ResponseCache = request.app.state.cache
     if body.max_tokens > settings.max_new_tokens_limit:
         raise HTTPException(
             422, {"code": "invalid_request", "message": f"max_tokens: at most {settings.max_new_tokens_limit}"}
         )
-    target = await resolve(db, body.model, body.alias, body.version)
+    target = await resolve(routing, body.model, body.alias, body.version)
     if target.context_length is not None and body.max_tokens >= target.context_length:
         raise HTTPException(
             400,
@@ -264,7 +268,7 @@ async def generate(request: Request, response: Response, body: GenerateRequest) 
         return _generation(target, cached, cached=True)
 
     # Start generating before answering: errors before the first delta are HTTP errors.
-    deltas, first, target = await _start(db, triton, target, gen, body)
+    deltas, first, target = await _start(routing, triton, target, gen, body)
     headers[VERSION_HEADER] = target.header
     if body.stream:
         return StreamingResponse(_relay(target, deltas, first, cache, key), media_type=NDJSON, headers=headers)
@@ -286,10 +290,11 @@ async def generate(request: Request, response: Response, body: GenerateRequest) 
 
 
 async def _start(
-    db: Database, triton: TritonModels, target: Target, gen: GenerationRequest, body: GenerateRequest
+    routing: Routing, triton: TritonModels, target: Target, gen: GenerationRequest, body: GenerateRequest
 ) -> tuple[AsyncGenerator[Delta, None], Delta, Target]:
     """The generation's iterator and first delta. A model Triton no longer has (a promotion
-    unloaded it after this request read its row) is retried once on what serves now."""
+    unloaded it after this request read its row) is retried once on what serves now, read from
+    the database."""
     for attempt in (1, 2):
         deltas = triton.generate(target.triton_model, gen)
         try:
@@ -297,7 +302,7 @@ async def _start(
         except TritonRejected as exc:
             await deltas.aclose()
             if attempt == 1 and _unknown_to_triton(exc) and not isinstance(exc, ContextLengthExceeded | InvalidRequest):
-                now = await resolve(db, body.model, body.alias, body.version)
+                now = await resolve(routing, body.model, body.alias, body.version, fresh=True)
                 if now.triton_model != target.triton_model:
                     target = now
                     continue

@@ -48,6 +48,6 @@ def build_app(settings: InferenceSettings | None = None) -> FastAPI:
     readiness = runtime.readiness() | {"triton": triton.server_live}
     app = create_app("inference", lifespan=lifespan, readiness=readiness, internal=settings.internal)
     app.state.settings, app.state.runtime, app.state.triton = settings, runtime, triton
-    app.state.cache, app.state.reconciler = cache, reconciler
+    app.state.cache, app.state.reconciler, app.state.routing = cache, reconciler, reconciler.routing
     app.include_router(api.router)
     return app

@@ -27,4 +27,5 @@ class LifecycleHandler:
             if not await inbox.claim(session, self.group, event.id):
                 return
             await set_desired(session, moved.model_name, moved.alias, moved.version, moved.artifact_uri)
+        self.reconciler.routing.invalidate()
         await self.reconciler.reconcile()

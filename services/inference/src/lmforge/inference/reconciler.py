@@ -26,6 +26,7 @@ from lmforge.common.telemetry import get_logger, tracer
 from . import metrics
 from .model_repository import ModelRepository, triton_model_name
 from .models import deployments, outbox
+from .routing import Routing
 from .settings import InferenceSettings
 from .triton import GenerationRequest, TritonModels, TritonRejected, TritonUnavailable
 
@@ -91,10 +92,13 @@ class Reconciler:
         self.relay = relay
         self._lock = asyncio.Lock()
         self.passes = 0
+        # What /generate routes by; every write to the deployments table below invalidates it.
+        self.routing = Routing(db, settings.routing_cache_ttl_s)
 
     async def set_desired(self, model: str, alias: str, version: int, artifact_uri: str) -> None:
         async with self.db.sessions.begin() as session:
             await set_desired(session, model, alias, version, artifact_uri)
+        self.routing.invalidate()
 
     async def reconcile(self) -> None:
         """Deploy every alias whose desired version is not the one Triton serves (or is not loaded)."""
@@ -173,6 +177,8 @@ class Reconciler:
                     ),
                     key=model,
                 )
+            # Before the replaced version is unloaded below: no request is routed to it after this.
+            self.routing.invalidate()
             self.relay.wake()
             # A failed version is unloaded again; a replaced one once no other alias serves it.
             retired = name if state == DeploymentState.FAILED else previous if previous != name else None

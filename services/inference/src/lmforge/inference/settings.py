@@ -53,6 +53,10 @@ class InferenceSettings(ServiceSettings):
     infer_timeout_s: float = 60.0
     load_timeout_s: float = 300.0
     max_new_tokens_limit: int = 256
+    # /generate resolves aliases from an in-memory copy of the deployments table, re-read after
+    # every change the reconciler writes (routing.py); this bounds how long a copy is used
+    # without one (a change made to the database by something else). 0: read on every request.
+    routing_cache_ttl_s: float = Field(default=10.0, ge=0)
     # The response cache of deterministic (temperature 0) requests: "memory://" (this process, an
     # LRU bounded by entries and bytes), "redis://host:port/db" (shared by replicas), or "off".
     cache_url: str = Field(default="memory://", pattern=r"^(memory://|off|rediss?://.+|unix://.+)$")

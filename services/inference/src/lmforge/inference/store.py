@@ -1,4 +1,4 @@
-"""Reading serving state, for the HTTP routes (the reconciler writes it)."""
+"""Reading serving state, for the HTTP routes (the reconciler writes it; ``routing.py`` holds it)."""
 
 from __future__ import annotations
 
@@ -16,23 +16,6 @@ async def get_deployment(db: Database, model: str, alias: str) -> Any | None:
         return (
             await session.execute(
                 select(deployments).where(deployments.c.model_name == model, deployments.c.alias == alias)
-            )
-        ).first()
-
-
-async def serving_version(db: Database, model: str, version: int) -> Any | None:
-    """A deployment row whose alias serves ``version`` of ``model`` now (any alias: the same Triton model)."""
-    async with db.sessions() as session:
-        return (
-            await session.execute(
-                select(deployments)
-                .where(
-                    deployments.c.model_name == model,
-                    deployments.c.serving_version == version,
-                    deployments.c.triton_model.is_not(None),
-                )
-                .order_by(deployments.c.alias)
-                .limit(1)
             )
         ).first()
 
