@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 
 from fastapi import HTTPException
 from limits import RateLimitItem, RateLimitItemPerDay, RateLimitItemPerMinute
-from limits.aio.storage import Storage
+from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 from limits.errors import StorageError
 from limits.storage import storage_from_string
@@ -44,12 +44,37 @@ REQUESTS = "lmforge-requests"
 COMPLETION_TOKENS = "lmforge-completion-tokens"
 
 
+class SweptMemoryStorage(MemoryStorage):
+    """limits' in-process storage, sweeping expired entries at most once a second.
+
+    limits starts a sweep task after every hit, and the sweep hands each key's list of moving-window
+    entries to a worker thread (``asyncio.to_thread``): a task and a thread hop per request, about
+    a tenth of the gateway's CPU per completion. Expired entries never decide a limit (the moving
+    window looks at the entry ``limit`` places back and compares its time; a fixed-window counter
+    expires when it is read), so sweeping less often only keeps them in memory a second longer.
+    """
+
+    SWEEP_INTERVAL_S = 1.0
+    _last_sweep = 0.0
+
+    # limits' private hook (``MemoryStorage.__schedule_expiry``), called before every hit;
+    # tests/gateway/test_quota_storage.py fails if a limits release renames it.
+    async def _MemoryStorage__schedule_expiry(self) -> None:
+        now = time.monotonic()
+        if now - self._last_sweep < self.SWEEP_INTERVAL_S:
+            return
+        self._last_sweep = now
+        await super()._MemoryStorage__schedule_expiry()  # type: ignore[misc]
+
+
 def open_storage(url: str) -> Storage:
     """The limits storage for ``memory://`` or ``redis://...`` (``async+`` is added here)."""
     url = url.removeprefix("async+")
     if url.partition("://")[0] not in STORAGE_SCHEMES:
         # The URL itself may hold a password: it is not repeated here.
         raise ValueError(f"LMFORGE_GATEWAY_RATE_LIMIT_STORAGE_URL: use one of {', '.join(STORAGE_SCHEMES)} (://)")
+    if url == "memory://":
+        return SweptMemoryStorage(wrap_exceptions=True)
     storage = storage_from_string(f"async+{url}", wrap_exceptions=True)
     assert isinstance(storage, Storage)
     return storage
