@@ -104,7 +104,7 @@ async def _snapshot(database: Database) -> dict[str, Any]:
         "dropped": sorted(tuple(v for k, v in r.items() if k != "created_at") for r in dropped),
         "events": [(r["event_type"], r["key"], json.loads(r["value"])) for r in events],
         "claimed": sorted(claimed),
-        "erasures": [{k: v for k, v in r.items() if k != "applied_at"} for r in audit],
+        "erasures": [{k: v for k, v in r.items() if k not in ("applied_at", "completed_at")} for r in audit],
     }
 
 

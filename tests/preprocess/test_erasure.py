@@ -233,3 +233,35 @@ async def test_an_erasure_is_reported_applied_only_once_the_versions_are_rewritt
     entry = await p.store.erasure(request.erasure_id)
     assert entry is not None and entry["dataset_versions"] == [{"dataset": "tickets", "version": 1}]
     assert entry["applied_at"] >= entry["requested_at"]
+
+
+async def test_an_erasure_published_late_leaves_a_copy_sent_after_it(database: Database, tmp_path: Path) -> None:
+    """An erasure that got a 503 at ingest is published later by the sweeper, and can arrive after
+    a copy of the record sent again meanwhile (stored at ingest after the erasure): that copy is
+    new data and stays, here and in the versions; the copies from before go."""
+    await database.create_all(metadata)
+    p = Preprocess(database, tmp_path)
+    t0 = datetime.now(UTC) - timedelta(minutes=10)
+    await p.record("T-1", T1, ingested_at=t0)
+    await p.record("T-2", OTHERS["T-2"], ingested_at=t0)
+    v1 = await p.store.create_version("tickets")
+    requested = t0 + timedelta(minutes=1)  # erased at ingest now; its event is late
+    edited = "T-1: the parcel was replaced, thank you"
+    await p.record("T-1", edited, ingested_at=requested + timedelta(minutes=1))  # sent again after it
+    await p.record("T-2", OTHERS["T-2"], ingested_at=requested + timedelta(minutes=1))  # same text again
+    v2 = await p.store.create_version("tickets")
+    for source_id in ("T-1", "T-2"):
+        await p.send(erasure(source_id, requested_at=requested))
+
+    async with database.sessions() as s:
+        left = {(r.record_id, r.text) for r in await s.execute(select(cleaned_records))}
+        events = [json.loads(v) for v in (await s.execute(select(outbox.table.c.value))).scalars()]
+    assert left == {("crm:T-1", edited), ("crm:T-2", OTHERS["T-2"])}, "the copies sent after the erasure"
+    assert T1 not in json.dumps(events) and any(e.get("text") == edited for e in events)
+    # v1 held the old copies: T-1's goes; T-2's text is the record's data again (sent again after
+    # the erasure, the same bytes), so it stays.
+    assert _texts(p.store, p.store.manifest(v1["manifest_uri"])) == {"crm:T-2": OTHERS["T-2"]}
+    in_v2 = _texts(p.store, p.store.manifest(v2["manifest_uri"]))
+    assert in_v2 == {"crm:T-1": edited, "crm:T-2": OTHERS["T-2"]}
+    assert "parcel arrived damaged" not in json.dumps(p.store.manifest(v2["manifest_uri"]))
+    assert b"parcel arrived damaged" not in p.artifact_bytes()

@@ -8,13 +8,14 @@ and is passed on to ``cleaned-data`` (docs/curation.md, "Erasure").
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
 from opentelemetry import trace
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -31,6 +32,12 @@ from .recipe import Outcome, Pipeline, default_pipeline
 from .store import ERASURE_LOCK, DatasetStore
 
 log = get_logger(__name__)
+
+
+def _before(column: Any, at: datetime) -> Any:
+    """Stored at ingest no later than ``at`` (null: from before the time was kept, so older)."""
+    return or_(column.is_(None), column <= at)
+
 
 # A batch decided against a view another transaction changed before it wrote (a concurrent
 # replica kept one of its duplicates first) is decided again, this many times at most.
@@ -75,6 +82,7 @@ class _Writes:
     their band rows), dropped rows, outbox rows."""
 
     relabels: dict[int, dict[str, Any]] = field(default_factory=dict)
+    received_again: dict[int, datetime] = field(default_factory=dict)
     deleted: list[int] = field(default_factory=list)
     kept: list[_Row] = field(default_factory=list)
     dropped: list[dict[str, Any]] = field(default_factory=list)
@@ -260,6 +268,8 @@ class RawRecordHandler:
                 del by_hash[r.digest]
                 original = None
         if original is not None:
+            if original.record_id == raw.record_id:  # the same record, sent again unchanged
+                self._received_again(r, original, writes)
             writes.dropped.append(self._dropped(r, now, "duplicate", "exact_dedup", 1.0, 1.0, original.record_id))
             return
         if r.fingerprint is not None and view is not None:
@@ -291,6 +301,7 @@ class RawRecordHandler:
             "source_partition": msg.partition,
             "source_offset": msg.offset,
             "created_at": now,
+            "ingested_at": raw.ingested_at,
             "minhash": r.fingerprint.signature if r.fingerprint is not None else None,
             "recipe_hash": self.recipe_hash,
         }
@@ -308,6 +319,7 @@ class RawRecordHandler:
             "source_partition": msg.partition,
             "source_offset": msg.offset,
             "recipe_hash": self.recipe_hash,
+            "ingested_at": raw.ingested_at,
         }
         row.label, row.metadata = raw.label, raw.metadata
         if row.values is not None:  # kept earlier in this batch: not written yet
@@ -318,6 +330,16 @@ class RawRecordHandler:
         self._announce(r, writes)
 
     @staticmethod
+    def _received_again(r: _Raw, row: _Row, writes: _Writes) -> None:
+        """The record's current text and label sent again: its row keeps the newest time it was
+        received (an erasure requested in between leaves a copy sent after it)."""
+        if row.values is not None:
+            row.values["ingested_at"] = max(row.values["ingested_at"], r.raw.ingested_at)
+        else:
+            assert row.id is not None
+            writes.received_again[row.id] = max(writes.received_again.get(row.id, r.raw.ingested_at), r.raw.ingested_at)
+
+    @staticmethod
     def _delete(row: _Row, view: IndexView | None, writes: _Writes) -> None:
         """A cleaned row that gives way to a newer one of its record (its band rows go with it)."""
         if row.values is not None:
@@ -326,6 +348,7 @@ class RawRecordHandler:
             assert row.id is not None
             writes.deleted.append(row.id)
             writes.relabels.pop(row.id, None)
+            writes.received_again.pop(row.id, None)
         if view is not None:
             view.release(row.candidate, row.id)
 
@@ -355,6 +378,12 @@ class RawRecordHandler:
         t = cleaned_records
         for row_id, change in writes.relabels.items():
             await session.execute(update(t).where(t.c.id == row_id).values(**change))
+        for row_id, at in writes.received_again.items():
+            await session.execute(
+                update(t)
+                .where(t.c.id == row_id, or_(t.c.ingested_at.is_(None), t.c.ingested_at < at))
+                .values(ingested_at=at)
+            )
         if writes.deleted:
             await session.execute(delete(t).where(t.c.id.in_(writes.deleted)))
         if writes.kept:
@@ -400,13 +429,26 @@ class RawRecordHandler:
         async with self.db.sessions.begin() as session:
             await lock_names(session, [ERASURE_LOCK])  # a cut becoming ready meanwhile sees this one
             now = datetime.now(UTC)
-            cleaned = await session.execute(delete(cleaned_records).where(cleaned_records.c.record_id == record_id))
-            dropped = await session.execute(delete(dropped_records).where(dropped_records.c.record_id == record_id))
-            # Records dropped as its duplicates stay dropped, but no longer name it.
-            await session.execute(
-                update(dropped_records).where(dropped_records.c.duplicate_of == record_id).values(duplicate_of=None)
+            # The copies stored at ingest before the erasure was requested; a copy sent again after
+            # it (an erasure published late, after a 503, can arrive after it) is new data and stays.
+            c, d = cleaned_records.c, dropped_records.c
+            cleaned = await session.execute(
+                delete(cleaned_records).where(c.record_id == record_id, _before(c.ingested_at, erased.requested_at))
             )
-            forgotten = await outbox.forget(session, topic=Topic.CLEANED_DATA, key=record_id)
+            dropped = await session.execute(
+                delete(dropped_records).where(d.record_id == record_id, _before(d.ingested_at, erased.requested_at))
+            )
+            newer = set((await session.execute(select(c.content_hash).where(c.record_id == record_id))).scalars())
+            if not newer:  # records dropped as its duplicates stay dropped, but no longer name it
+                await session.execute(
+                    update(dropped_records).where(d.duplicate_of == record_id).values(duplicate_of=None)
+                )
+            forgotten = await outbox.forget(
+                session,
+                topic=Topic.CLEANED_DATA,
+                key=record_id,
+                keep=lambda value: json.loads(value).get("content_hash") in newer,
+            )
             await session.execute(
                 insert_ignoring_conflicts(
                     self.db.dialect,
@@ -469,4 +511,5 @@ class RawRecordHandler:
             "threshold": threshold,
             "recipe_hash": self.recipe_hash,
             "created_at": now,
+            "ingested_at": r.raw.ingested_at,
         }

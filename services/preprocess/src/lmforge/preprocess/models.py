@@ -68,6 +68,10 @@ cleaned_records = Table(
     Column("source_partition", Integer, nullable=False),
     Column("source_offset", BigInteger, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # When ingest stored the newest copy of this text (the raw event's ``ingested_at``): an erasure
+    # removes the copies stored before it was requested, not one sent again after it. Null for
+    # rows cleaned before this column: older than any erasure.
+    Column("ingested_at", DateTime(timezone=True), nullable=True),
     # The record's MinHash signature (near_dup.py): uint32 little-endian, one per permutation.
     # Null for records cleaned before the near-duplicate index existed, or with it switched off.
     Column("minhash", LargeBinary, nullable=True),
@@ -112,6 +116,7 @@ dropped_records = Table(
     Column("threshold", Float, nullable=True),
     Column("recipe_hash", String(64), nullable=True),  # the recipe it was held to (null before recipes)
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("ingested_at", DateTime(timezone=True), nullable=True),  # as on cleaned_records
     Index("ix_dropped_records_reason_created_at", "reason", "created_at"),  # GET /dropped?reason=
 )
 

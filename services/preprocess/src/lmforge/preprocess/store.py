@@ -114,7 +114,10 @@ class DatasetStore:
             if not missed:
                 break
             for erasure_id, record_id in missed:
-                manifest, _ = await asyncio.to_thread(self._remove_from_version, manifest_uri, {record_id}, erasure_id)
+                keep = await self._remaining_texts({record_id})
+                manifest, _ = await asyncio.to_thread(
+                    self._remove_from_version, manifest_uri, {record_id}, erasure_id, keep
+                )
                 handled.add(erasure_id)
         self.relay.wake()
         return {k: manifest[k] for k in ("dataset", "version", "record_count", "split_counts", "config_hash")} | {
@@ -179,7 +182,8 @@ class DatasetStore:
         """Take these records out of every ready dataset version that holds them (or only the one
         named): their rows leave the Parquet shards, their entries leave the manifest (records and
         superseded), its counts are updated, and the manifest lists the erasure under ``erased``.
-        Idempotent. Returns the versions changed, as ``{"dataset", "version"}``.
+        A text of theirs that still has a cleaned row (a copy sent again after the erasure was
+        requested) stays. Idempotent. Returns the versions changed, as ``{"dataset", "version"}``.
 
         Each version is rewritten inside a transaction that first updates its row: the row lock on
         PostgreSQL (SQLite's write lock) keeps two erasures from rewriting one version at once.
@@ -190,6 +194,7 @@ class DatasetStore:
             query = query.where(t.c.dataset == only[0], t.c.version == only[1])
         async with self.db.sessions() as session:
             versions = (await session.execute(query)).all()
+        keep = await self._remaining_texts(record_ids)
         changed = []
         for version in versions:
             async with self.db.sessions.begin() as session:
@@ -201,7 +206,9 @@ class DatasetStore:
                         .returning(t.c.manifest_uri)
                     )
                 ).scalar_one()
-                manifest, rewritten = await asyncio.to_thread(self._remove_from_version, locked, record_ids, erasure_id)
+                manifest, rewritten = await asyncio.to_thread(
+                    self._remove_from_version, locked, record_ids, erasure_id, keep
+                )
                 # The counts follow the manifest (also after a crash between its write and this).
                 await session.execute(
                     update(t)
@@ -212,19 +219,32 @@ class DatasetStore:
                 changed.append({"dataset": version.dataset, "version": version.version})
         return changed
 
+    async def _remaining_texts(self, record_ids: set[str]) -> set[str]:
+        """The content hashes of these records' cleaned rows left after an erasure's delete: copies
+        sent again after it was requested, which stay."""
+        t = cleaned_records
+        async with self.db.sessions() as session:
+            return set((await session.execute(select(t.c.content_hash).where(t.c.record_id.in_(record_ids)))).scalars())
+
     def _remove_from_version(
-        self, manifest_uri: str, record_ids: set[str], erasure_id: str
+        self, manifest_uri: str, record_ids: set[str], erasure_id: str, keep: set[str]
     ) -> tuple[dict[str, Any], bool]:
-        """Rewrite one version without these records (file I/O: call it off the event loop).
-        Returns its manifest, and whether it held any of them (then the manifest is the new one)."""
+        """Rewrite one version without these records' texts, except those in ``keep`` (content
+        hashes; file I/O: call it off the event loop). Returns its manifest, and whether it held
+        any of them (then the manifest is the new one)."""
         manifest = self.manifest(manifest_uri)
-        removed = [r for r in manifest["records"] if r["record_id"] in record_ids]
-        superseded = [r for r in manifest.get("superseded", []) if r["record_id"] in record_ids]
+
+        def erased(entry: dict[str, Any]) -> bool:
+            return entry["record_id"] in record_ids and entry["content_hash"] not in keep
+
+        removed = [r for r in manifest["records"] if erased(r)]
+        superseded = [r for r in manifest.get("superseded", []) if erased(r)]
         if not removed and not superseded:
             # Already rewritten for this erasure (a redelivery after a crash between the rewrite
             # and the audit entry): still one of the versions it changed.
             return manifest, any(e.get("erasure_id") == erasure_id for e in manifest.get("erased", []))
         ids = pa.array(sorted(record_ids), type=pa.string())
+        kept_texts = pa.array(sorted(keep), type=pa.string())
         for split in sorted({r["split"] for r in removed}):
             key = self.artifacts.key_of(manifest["shards"][split])
             with tempfile.TemporaryDirectory(prefix="lmforge-erase-") as tmp:
@@ -233,11 +253,15 @@ class DatasetStore:
                     reader = pq.ParquetFile(source)
                     with pq.ParquetWriter(local, reader.schema_arrow) as writer:
                         for batch in reader.iter_batches(batch_size=self.row_group_size):
-                            kept = batch.filter(pc.invert(pc.is_in(batch.column("record_id"), value_set=ids)))
+                            gone = pc.and_(
+                                pc.is_in(batch.column("record_id"), value_set=ids),
+                                pc.invert(pc.is_in(batch.column("content_hash"), value_set=kept_texts)),
+                            )
+                            kept = batch.filter(pc.invert(gone))
                             writer.write_table(pa.Table.from_batches([kept]), row_group_size=self.row_group_size)
                 self.artifacts.put_file(local, key)
-        manifest["records"] = [r for r in manifest["records"] if r["record_id"] not in record_ids]
-        manifest["superseded"] = [r for r in manifest.get("superseded", []) if r["record_id"] not in record_ids]
+        manifest["records"] = [r for r in manifest["records"] if not erased(r)]
+        manifest["superseded"] = [r for r in manifest.get("superseded", []) if not erased(r)]
         manifest["record_count"] = len(manifest["records"])
         for r in removed:
             manifest["split_counts"][r["split"]] -= 1

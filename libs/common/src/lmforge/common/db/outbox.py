@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -98,14 +98,23 @@ class Outbox:
         if rows:
             await session.execute(self.table.insert(), list(rows))
 
-    async def forget(self, session: AsyncSession, *, topic: str, key: str) -> int:
-        """Delete, in the caller's transaction, the rows of every event on ``topic`` with ``key``,
-        published or not: their values hold the data an erasure removes. An unpublished one is
-        never published. Returns how many rows went. (Rare: it scans the table, which has no
-        index on ``key``.)"""
+    async def forget(
+        self, session: AsyncSession, *, topic: str, key: str, keep: Callable[[bytes], bool] | None = None
+    ) -> int:
+        """Delete, in the caller's transaction, the rows of every event on ``topic`` with ``key``
+        (but those whose value ``keep`` says to keep), published or not: their values hold the
+        data an erasure removes. An unpublished one is never published. Returns how many rows
+        went. (Rare: it scans the table, which has no index on ``key``.)"""
         t = self.table
-        result = await session.execute(delete(t).where(t.c.topic == topic, t.c.key == key))
-        return result.rowcount or 0  # type: ignore[attr-defined, no-any-return]
+        where = (t.c.topic == topic, t.c.key == key)
+        if keep is None:
+            result = await session.execute(delete(t).where(*where))
+            return result.rowcount or 0  # type: ignore[attr-defined, no-any-return]
+        rows = (await session.execute(select(t.c.id, t.c.value).where(*where))).all()
+        gone = [row.id for row in rows if not keep(row.value)]
+        if gone:
+            await session.execute(delete(t).where(t.c.id.in_(gone)))
+        return len(gone)
 
 
 class OutboxRelay:
