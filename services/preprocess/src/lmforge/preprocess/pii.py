@@ -22,7 +22,7 @@ import hmac
 import ipaddress
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
@@ -166,7 +166,36 @@ def _in_card_shaped_run(text: str, start: int, end: int) -> bool:
 
 
 def _digits(s: str) -> str:
-    return "".join(c for c in s if c.isdigit())
+    return "".join(filter(str.isdigit, s))
+
+
+# --- where numbers can be -----------------------------------------------------------------------
+
+# Resident IDs, bank cards, phone numbers and IPv4 addresses are written with digits and a few
+# separators, and every character their patterns take is one of these: a match lies inside one
+# maximal run of them, which starts with a digit, "(" or "+". Each pattern needs a number of
+# digits (an 18-digit ID 17 of them and its check character), so it is run only over the runs
+# with that many, each up to two characters past its end (what _END looks at): the matches are
+# those of a scan of the whole text, in the same order, found without trying every position of it.
+_NUMERIC_RUN = re.compile(r"[\d(+][\d ()+.Xx-]{3,}")  # runs of 4 characters or more: no pattern needs fewer
+
+NumericRun = tuple[int, int, int]  # start, end, digits
+
+
+def _numeric_runs(text: str) -> list[NumericRun]:
+    return [(m.start(), m.end(), sum(map(str.isdecimal, m[0]))) for m in _NUMERIC_RUN.finditer(text)]
+
+
+def _scan(
+    pattern: re.Pattern[str], text: str, runs: Sequence[NumericRun] | None, min_digits: int
+) -> list[re.Match[str]]:
+    """``pattern.finditer(text)``'s matches, looking only at the runs with ``min_digits`` digits or more."""
+    if runs is None:
+        runs = _numeric_runs(text)
+    n = len(text)
+    return [
+        m for start, end, digits in runs if digits >= min_digits for m in pattern.finditer(text, start, min(n, end + 2))
+    ]
 
 
 # --- resident ID (GB 11643-1999) ---------------------------------------------------------------
@@ -213,12 +242,13 @@ def valid_id18(value: str) -> bool:
     return len(v) == 18 and v[:17].isdigit() and _id_structure(v) and id_check_digit(v[:17]) == v[17]
 
 
-def _find_id_cards(text: str) -> Iterator[PiiSpan]:
-    for m in _ID18.finditer(text):
+def _find_id_cards(text: str, runs: Sequence[NumericRun] | None = None) -> Iterator[PiiSpan]:
+    runs = _numeric_runs(text) if runs is None else runs
+    for m in _scan(_ID18, text, runs, 17):
         compact = (m[1] + _digits(m[3]) + m[4]).upper()
         if valid_id18(compact):
             yield PiiSpan(PiiType.ID_CARD, m.start(), m.end(), m[0], compact, "18")
-    for m in _ID15.finditer(text):
+    for m in _scan(_ID15, text, runs, 15):
         # The old form has no check digit, so a province and a date are weak evidence on their own.
         compact = m[1] + m[3] + m[4]
         if (
@@ -271,9 +301,15 @@ def valid_card(digits: str) -> bool:
     return 13 <= len(digits) <= 19 and card_network_ok(digits) and luhn_ok(digits) and not _id_shaped(digits)
 
 
-def _find_bank_cards(text: str) -> Iterator[PiiSpan]:
-    pos = 0
-    while m := _CARD.search(text, pos):
+def _find_bank_cards(text: str, runs: Sequence[NumericRun] | None = None) -> Iterator[PiiSpan]:
+    n = len(text)
+    for start, end, digits in _numeric_runs(text) if runs is None else runs:
+        if digits >= 13:  # a card has 13-19 digits (_card_at)
+            yield from _find_bank_cards_in(text, start, min(n, end + 2))
+
+
+def _find_bank_cards_in(text: str, pos: int, endpos: int) -> Iterator[PiiSpan]:
+    while m := _CARD.search(text, pos, endpos):
         groups = [(m.start() + g.start(), m.start() + g.end()) for g in re.finditer(r"\d+", m[0])]
         # A run of 13-19 digits is one number: valid as a whole or not a card (its first 16
         # digits pass Luhn one time in ten). A longer run is numbers written side by side: take
@@ -365,19 +401,20 @@ def _national_phone_ok(text: str, start: int, end: int) -> bool:
     return not _is_reference(text, start)
 
 
-def _find_phones(text: str) -> Iterator[PiiSpan]:
-    for m in _MOBILE.finditer(text):
+def _find_phones(text: str, runs: Sequence[NumericRun] | None = None) -> Iterator[PiiSpan]:
+    runs = _numeric_runs(text) if runs is None else runs
+    for m in _scan(_MOBILE, text, runs, 11):
         if _national_phone_ok(text, m.start(), m.end()):
             yield PiiSpan(PiiType.PHONE, m.start(), m.end(), m[0], "+86" + _digits(m["num"]), "mobile")
-    for m in _LANDLINE.finditer(text):
+    for m in _scan(_LANDLINE, text, runs, 10):  # 0, a code of 2 digits or more, 7 digits or more
         if _national_phone_ok(text, m.start(), m.end()):
             normalized = "+86" + (m["a1"] or m["a2"]) + _digits(m["local"])
             yield PiiSpan(PiiType.PHONE, m.start(), m.end(), m[0], normalized, "landline")
-    for m in _NANP.finditer(text):
+    for m in _scan(_NANP, text, runs, 10):
         if _national_phone_ok(text, m.start(), m.end()):
             normalized = "+1" + (m["a1"] or m["a2"]) + m["exchange"] + m["line"]
             yield PiiSpan(PiiType.PHONE, m.start(), m.end(), m[0], normalized, "north_american")
-    for m in _INTL.finditer(text):
+    for m in _scan(_INTL, text, runs, 8) if "+" in text else ():  # 8 digits or more (_intl_ends)
         for end in _intl_ends(m):
             value = text[m.start() : end]
             yield PiiSpan(PiiType.PHONE, m.start(), end, value, "+" + _digits(value), "international")
@@ -426,7 +463,9 @@ _PASSPORT_LABELLED = re.compile(
 )
 
 
-def _find_emails(text: str) -> Iterator[PiiSpan]:
+def _find_emails(text: str, runs: Sequence[NumericRun] | None = None) -> Iterator[PiiSpan]:
+    if "@" not in text:
+        return
     for m in _EMAIL.finditer(text):
         local, domain = m["local"], m["domain"]
         if text.endswith("://", 0, m.start()):
@@ -436,8 +475,15 @@ def _find_emails(text: str) -> Iterator[PiiSpan]:
         yield PiiSpan(PiiType.EMAIL, m.start(), m.end(), m[0], f"{local}@{domain}".lower())
 
 
-def _find_ips(text: str) -> Iterator[PiiSpan]:
-    for m in _IPV4.finditer(text):
+# Two colons with at most four hex digits between them: every IPv6 match has them, at most four
+# characters after its start.
+_IPV6_HINT = re.compile(r":[0-9A-Fa-f]{0,4}:")
+
+
+def _find_ips(text: str, runs: Sequence[NumericRun] | None = None) -> Iterator[PiiSpan]:
+    runs = _numeric_runs(text) if runs is None else runs
+    dotted = [(start, end, digits) for start, end, digits in runs if digits >= 4 and text.count(".", start, end) >= 3]
+    for m in _scan(_IPV4, text, dotted, 4):  # four numbers, three dots
         before = text[max(0, m.start() - 12) : m.start()]
         if before[-1:].isascii() and before[-1:].isalpha() and not _LETTER_BEFORE_IP.search(before):
             continue
@@ -448,7 +494,8 @@ def _find_ips(text: str) -> Iterator[PiiSpan]:
         except ValueError:
             continue
         yield PiiSpan(PiiType.IP, m.start(), m.end(), m[0], str(addr), "v4")
-    for m in _IPV6.finditer(text):
+    hint = _IPV6_HINT.search(text)
+    for m in _IPV6.finditer(text, max(0, hint.start() - 4)) if hint else ():
         candidate = m[0]
         if not any(c.isdigit() for c in candidate):
             continue  # "Foo::Bar", "dead::beef" in code and prose
@@ -466,12 +513,18 @@ def _find_ips(text: str) -> Iterator[PiiSpan]:
         yield PiiSpan(PiiType.IP, m.start(), m.start() + len(candidate), candidate, str(addr6), "v6")
 
 
-def _find_url_credentials(text: str) -> Iterator[PiiSpan]:
+def _find_url_credentials(text: str, runs: Sequence[NumericRun] | None = None) -> Iterator[PiiSpan]:
+    if "://" not in text:
+        return
     for m in _URL_CREDENTIALS.finditer(text):
         yield PiiSpan(PiiType.URL_CREDENTIALS, m.start(), m.end(), m[0], m[0])
 
 
-def _find_passports(text: str) -> Iterator[PiiSpan]:
+def _find_passports(text: str, runs: Sequence[NumericRun] | None = None) -> Iterator[PiiSpan]:
+    # Both kinds need the word: a Chinese passport number one before it (_keyword_before), any
+    # other one right after it. (?i:passport) matches only what case-folds to "passport".
+    if "护照" not in text and "護照" not in text and "passport" not in text.casefold():
+        return
     for m in _PASSPORT_CN.finditer(text):
         if _keyword_before(_PASSPORT_KEYWORD, text, m.start()) and not _is_reference(text, m.start()):
             yield PiiSpan(PiiType.PASSPORT, m.start(), m.end(), m[0], m[0], "cn")
@@ -481,7 +534,8 @@ def _find_passports(text: str) -> Iterator[PiiSpan]:
             yield PiiSpan(PiiType.PASSPORT, m.start("value"), m.end("value"), value, value, "labelled")
 
 
-DETECTORS: Mapping[PiiType, Callable[[str], Iterator[PiiSpan]]] = {
+# Each takes the text and, optionally, its numeric runs (``_numeric_runs``), found once per text.
+DETECTORS: Mapping[PiiType, Callable[[str, Sequence[NumericRun] | None], Iterator[PiiSpan]]] = {
     PiiType.URL_CREDENTIALS: _find_url_credentials,
     PiiType.ID_CARD: _find_id_cards,
     PiiType.BANK_CARD: _find_bank_cards,
@@ -531,10 +585,14 @@ def _overlapping_clusters(candidates: Iterable[PiiSpan]) -> Iterator[list[PiiSpa
         yield cluster
 
 
+_ALL_TYPES = frozenset(PiiType)
+
+
 def detect(text: str, types: Iterable[PiiType] | None = None) -> list[PiiSpan]:
     """Every PII span in ``text``, non-overlapping, in order."""
-    wanted = set(types) if types is not None else set(PiiType)
-    return resolve_overlaps(span for t, find in DETECTORS.items() if t in wanted for span in find(text))
+    wanted = set(types) if types is not None else _ALL_TYPES
+    runs = _numeric_runs(text)
+    return resolve_overlaps(span for t, find in DETECTORS.items() if t in wanted for span in find(text, runs))
 
 
 # --- masking -----------------------------------------------------------------------------------
