@@ -126,20 +126,57 @@ class NearDuplicateIndex:
         return f"{self._salt.decode()}:{SEED}:{SCHEME}"
 
     def fingerprint(self, text: str) -> Fingerprint:
+        """The text's shingles, MinHash signature and band keys.
+
+        The signature is the one datasketch's ``MinHash(num_perm, seed=SEED, scheme=SCHEME)`` gives
+        after ``update_batch`` with the shingles' UTF-8 bytes, bit for bit, computed without
+        building one: each shingle's 32-bit hash (the first 4 bytes of its SHA-1, little-endian)
+        pre-mixed with MurmurHash3's 32-bit finalizer, then per permutation the minimum over the
+        shingles of ``a * h + b`` modulo 2**32; no shingle leaves every value at 2**32 - 1. A
+        shingle's mixed hash is kept (up to 2**16 of them, then the store starts again), since
+        most shingles of business text recur and SHA-1 is most of the cost.
+        tests/preprocess/test_recipe_speed_near_dup.py compares it with datasketch's.
+        """
         grams = shingles(text, self.shingle_size)
-        mh = MinHash(num_perm=self.num_perm, seed=SEED, scheme=SCHEME, permutations=self._permutations)
-        mh.update_batch([g.encode() for g in grams])  # a minimum per permutation: order does not matter
-        values = np.asarray(mh.hashvalues, dtype="<u4")
-        return Fingerprint(grams, values.tobytes(), self.band_keys(values.tobytes()))
+        if not grams:
+            signature = b"\xff" * (4 * self.num_perm)
+            return Fingerprint(grams, signature, self.band_keys(signature))
+        try:
+            known = self._shingle_hashes
+        except AttributeError:
+            self._shingle_hashes: dict[str, int] = {}
+            known = self._shingle_hashes
+        hashes = [known.get(g) for g in grams]
+        if None in hashes:
+            if len(known) > 1 << 16:
+                known.clear()
+            ordered = list(grams)  # the set's order, as in hashes
+            for i in [i for i, h in enumerate(hashes) if h is None]:
+                h = int.from_bytes(hashlib.sha1(ordered[i].encode()).digest()[:4], "little")
+                h ^= h >> 16  # MurmurHash3's fmix32, as datasketch's _fmix(hv, 32)
+                h = (h * 0x85EBCA6B) & 0xFFFFFFFF
+                h ^= h >> 13
+                h = (h * 0xC2B2AE35) & 0xFFFFFFFF
+                h ^= h >> 16
+                hashes[i] = known[ordered[i]] = h
+        a, b = self._permutations
+        values = (np.array(hashes, dtype=np.uint32)[:, None] * a + b).min(axis=0)
+        signature = values.astype("<u4", copy=False).tobytes()
+        return Fingerprint(grams, signature, self.band_keys(signature))
 
     def band_keys(self, signature: bytes) -> list[BandKey]:
         """The band rows of a stored signature (uint32 little-endian, one per permutation)."""
+        try:
+            keyed = self._keyed_blake2b
+        except AttributeError:  # the keyed hash's first block, computed once and copied per band
+            self._keyed_blake2b: Any = hashlib.blake2b(digest_size=8, key=self._band_key)
+            keyed = self._keyed_blake2b
         keys = []
         width = 4 * self.rows
         for band in range(self.bands):
-            chunk = signature[band * width : (band + 1) * width]
-            digest = hashlib.blake2b(chunk, digest_size=8, key=self._band_key).digest()
-            keys.append((band, int.from_bytes(digest, "big", signed=True)))
+            h = keyed.copy()
+            h.update(signature[band * width : (band + 1) * width])
+            keys.append((band, int.from_bytes(h.digest(), "big", signed=True)))
         return keys
 
     async def ensure_index(self, db: Database, page: int = 1_000) -> int | None:
