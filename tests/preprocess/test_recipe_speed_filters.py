@@ -190,3 +190,20 @@ def test_the_word_pattern_takes_whole_words() -> None:
 
 def test_no_character_is_whitespace_and_symbol() -> None:
     assert not [c for c in range(0x110000) if chr(c).isspace() and unicodedata.category(chr(c))[0] in "PS"]
+
+
+def test_measuring_until_kept_decides_the_same() -> None:
+    """``exact=False`` (the recipe's): the same decision; a dropped text's measure is the exact one,
+    a kept text's at most the exact one (a lower bound), and some texts stop early."""
+    early = 0
+    for text in TEXTS + _labelled():
+        for allowed, minimum, min_chars in ((["en", "zh"], 0.1, 40), (["en", "zh"], 0.5, 10), (["zh"], 0.9, 1)):
+            full = filters.language(text, allowed, minimum, min_chars)
+            quick = filters.language(text, allowed, minimum, min_chars, exact=False)
+            assert quick.keep == full.keep and quick.threshold == full.threshold, text
+            if full.keep:
+                assert minimum <= quick.measured <= full.measured, text
+                early += quick.measured < full.measured
+            else:
+                assert quick == full, text
+    assert early > 0

@@ -180,7 +180,9 @@ _NOT_LANGUAGE = re.compile(f"(?<!{_WORD})(?:{_WORD}*\\d{_WORD}*|{_WORD}+@{_WORD}
 _NOT_LANGUAGE_ASCII = re.compile(r"(?<!\S)(?:\S*\d\S*|\S+@\S+|\S+://\S+)")  # the same on ASCII text (no CJK)
 
 
-def language(text: str, allowed: Collection[str], min_probability: float, min_chars: int) -> Verdict:
+def language(
+    text: str, allowed: Collection[str], min_probability: float, min_chars: int, *, exact: bool = True
+) -> Verdict:
     """The probability that the text is in one of the ``allowed`` languages (ISO 639-1 codes),
     at least ``min_probability``.
 
@@ -191,6 +193,12 @@ def language(text: str, allowed: Collection[str], min_probability: float, min_ch
     rest are classified apart, and the measure is each part's probability of an allowed language,
     weighted by its characters. With fewer than ``min_chars`` characters left there is too little
     to judge: the text is kept, measured as 1.
+
+    ``exact=False`` (what a recipe runs) stops measuring once the text is certainly kept: when the
+    parts known to be in an allowed language (py3langid gives them 1.0) already make up
+    ``min_probability`` of the characters, the rest is not classified, and ``measured`` is that
+    share, a lower bound of the measure. The decision is the same, and so is a dropped text's
+    measure, which is always the exact one.
     """
     words = (_NOT_LANGUAGE_ASCII if text.isascii() else _NOT_LANGUAGE).sub(" ", text)
     if words.isascii():
@@ -201,11 +209,24 @@ def language(text: str, allowed: Collection[str], min_probability: float, min_ch
     if sum(sizes) < min_chars:
         return Verdict(True, 1.0, min_probability)
     model = _language_model()
-    mass = 0.0
+    total = sum(sizes)
+    pending: list[tuple[int, np.ndarray, float | None]] = []  # size, automaton states, shortcut's answer
+    certain_mass = 0.0
     for part, size in zip(parts, sizes, strict=True):
-        if size:
-            mass += size * model.allowed_probability(part, allowed)
-    measured = round(mass / sum(sizes), 6)
+        if not size:
+            continue
+        visited = model.states(part)
+        answer = model.shortcut(visited, allowed)
+        if not exact and answer == 1.0:
+            certain_mass += size
+            share = round(certain_mass / total, 6)
+            if share >= min_probability:  # the measure is at least this share: kept
+                return Verdict(True, share, min_probability)
+        pending.append((size, visited, answer))
+    mass = 0.0
+    for size, visited, answer in pending:  # the parts in order, as the measure has always added them
+        mass += size * (answer if answer is not None else model.exact(visited, allowed))
+    measured = round(mass / total, 6)
     return Verdict(measured >= min_probability, measured, min_probability)
 
 
@@ -315,11 +336,18 @@ class _LanguageModel:
     def allowed_probability(self, text: str, allowed: Collection[str]) -> float:
         """``min(1, sum of rank(text)'s probabilities of the allowed languages)``, the same float."""
         states = self.states(text)
+        certain = self.shortcut(states, allowed)
+        return certain if certain is not None else self.exact(states, allowed)
+
+    def shortcut(self, states: np.ndarray, allowed: Collection[str]) -> float | None:
+        """``allowed_probability`` where it is certain without py3langid's product; else None."""
+        if len(states) >= 65_536:  # only then could a feature occur more often than uint16 counts
+            return None
+        return self._certain(states, [self.index.get(lang) for lang in allowed])
+
+    def exact(self, states: np.ndarray, allowed: Collection[str]) -> float:
+        """``allowed_probability`` computed as py3langid's ``rank`` computes it."""
         positions = [self.index.get(lang) for lang in allowed]
-        if len(states) < 65_536:  # no feature occurs more often than there are bytes: no count wraps
-            certain = self._certain(states, positions)
-            if certain is not None:
-                return certain
         scores = self.identifier.nb_classprobs(self.counts(states))  # np.dot(counts, nb_ptc) + nb_pc
         rows = [p for p in positions if p is not None]
         with np.errstate(over="ignore"):
@@ -329,7 +357,7 @@ class _LanguageModel:
 
     def _certain(self, states: np.ndarray, positions: list[int | None]) -> float | None:
         """1.0 or 0.0 where float32 is bound to give it; None where it is not certain."""
-        n = len(states)  # under 65,536 (allowed_probability)
+        n = len(states)  # under 65,536 (shortcut)
         summed = (self._ones[:n] @ self._state_table.take(states, axis=0)).astype(np.float64)  # BLAS sgemv
         scores = summed[: self._languages] + self._prior
         # A float32 sum's error is at most (terms + 1) units of roundoff times the sum of the terms'

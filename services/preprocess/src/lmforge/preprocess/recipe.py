@@ -164,7 +164,7 @@ OPERATORS: Mapping[str, Operator] = {
             "language",
             "filter",
             LanguageParams,
-            lambda p: lambda text: filters.language(text, p.allowed, p.min_probability, p.min_chars),
+            lambda p: lambda text: filters.language(text, p.allowed, p.min_probability, p.min_chars, exact=False),
         ),
         Operator("blocklist", "filter", BlocklistParams, _blocklist),
         Operator("mask_pii", "mask", MaskPiiParams, lambda p: lambda text: text),  # the masker is built per key
