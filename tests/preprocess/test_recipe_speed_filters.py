@@ -207,3 +207,8 @@ def test_measuring_until_kept_decides_the_same() -> None:
             else:
                 assert quick == full, text
     assert early > 0
+
+
+def test_ascii_tokens_are_the_runs_between_whitespace() -> None:
+    for text in [t for t in TEXTS + _random_texts(6, 2000) if t.isascii()]:
+        assert filters.tokens(text) == filters._TOKEN.findall(text) == text.split()

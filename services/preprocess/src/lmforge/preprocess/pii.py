@@ -149,6 +149,9 @@ def _keyword_before(keyword: re.Pattern[str], text: str, start: int, window: int
     return keyword.search(_CLAUSE_BREAK.split(before)[-1]) is not None
 
 
+_DIGIT = re.compile(r"\d")
+_DIGIT_GROUP = re.compile(r"\d+")
+_INTL_GROUP = re.compile(r"\d+\)?")
 _GROUP_BEFORE = re.compile(r"(?<!\d)\d{1,6}[ -]$")  # card groups have at most 6 digits;
 _GROUP_AFTER = re.compile(r"[ -]\d{1,6}(?!\d)")  # a longer group is another number
 
@@ -162,7 +165,7 @@ def _in_card_shaped_run(text: str, start: int, end: int) -> bool:
     while count <= 19 and (m := _GROUP_AFTER.match(text, j)):
         j, count = m.end(), count + len(m[0]) - 1
     run = text[i:j]
-    return (i, j) != (start, end) and 13 <= count <= 19 and len(set(re.sub(r"\d", "", run))) == 1
+    return (i, j) != (start, end) and 13 <= count <= 19 and len(set(_DIGIT.sub("", run))) == 1
 
 
 def _digits(s: str) -> str:
@@ -310,7 +313,7 @@ def _find_bank_cards(text: str, runs: Sequence[NumericRun] | None = None) -> Ite
 
 def _find_bank_cards_in(text: str, pos: int, endpos: int) -> Iterator[PiiSpan]:
     while m := _CARD.search(text, pos, endpos):
-        groups = [(m.start() + g.start(), m.start() + g.end()) for g in re.finditer(r"\d+", m[0])]
+        groups = [(m.start() + g.start(), m.start() + g.end()) for g in _DIGIT_GROUP.finditer(m[0])]
         # A run of 13-19 digits is one number: valid as a whole or not a card (its first 16
         # digits pass Luhn one time in ten). A longer run is numbers written side by side: take
         # its leading or trailing groups of 13-19 digits, the most digits first, and go on after them.
@@ -425,8 +428,8 @@ def _intl_ends(m: re.Match[str]) -> list[int]:
     Without a country's numbering plan, a number written right after it ("+65 8760 6225 6258 ...")
     may or may not be part of it; the longest that no better validated span overlaps is kept."""
     ends, count = [], 0
-    for g in re.finditer(r"\d+\)?", m[0]):
-        count += sum(c.isdigit() for c in g[0])
+    for g in _INTL_GROUP.finditer(m[0]):
+        count += sum(map(str.isdigit, g[0]))
         if count > 15:
             break
         if count >= 8:
@@ -497,7 +500,7 @@ def _find_ips(text: str, runs: Sequence[NumericRun] | None = None) -> Iterator[P
     hint = _IPV6_HINT.search(text)
     for m in _IPV6.finditer(text, max(0, hint.start() - 4)) if hint else ():
         candidate = m[0]
-        if not any(c.isdigit() for c in candidate):
+        if not any(map(str.isdigit, candidate)):
             continue  # "Foo::Bar", "dead::beef" in code and prose
         try:
             addr6 = ipaddress.IPv6Address(candidate)
@@ -530,7 +533,7 @@ def _find_passports(text: str, runs: Sequence[NumericRun] | None = None) -> Iter
             yield PiiSpan(PiiType.PASSPORT, m.start(), m.end(), m[0], m[0], "cn")
     for m in _PASSPORT_LABELLED.finditer(text):
         value = m["value"]
-        if sum(c.isdigit() for c in value) >= 5:
+        if sum(map(str.isdigit, value)) >= 5:
             yield PiiSpan(PiiType.PASSPORT, m.start("value"), m.end("value"), value, value, "labelled")
 
 
@@ -555,6 +558,9 @@ def resolve_overlaps(candidates: Iterable[PiiSpan]) -> list[PiiSpan]:
     """
     kept: list[PiiSpan] = []
     for cluster in _overlapping_clusters(candidates):
+        if len(cluster) == 1:  # overlaps nothing: kept
+            kept += cluster
+            continue
         outer = [
             c
             for c in cluster
