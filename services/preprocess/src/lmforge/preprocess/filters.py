@@ -261,9 +261,10 @@ class _LanguageModel:
     scores into probabilities (97 × 97 exponentials), then sorts them. Here the text goes through
     the same automaton, and:
 
-    - the scores are first summed in float64 over the automaton's states (each state's features'
-      rows added up once, beforehand). When the top language leads every other by more than 30
-      (natural log) plus a bound on float32's rounding error, float32 gives that language a
+    - the scores are first estimated from the automaton's states (each state's features' rows
+      added up once, beforehand; a text's states summed by BLAS), with a bound on how far the
+      estimate and py3langid's float32 scores can be apart. When the top language leads every
+      other by more than 30 (natural log) plus that bound, float32 gives that language a
       probability of exactly 1.0 (the other exponentials add up to less than 1e-11, under half a
       unit in the last place of 1.0), and the measure is 1.0 if it is allowed; when every allowed
       language trails the top one by more than 100 plus that bound, their exponentials overflow
@@ -279,7 +280,6 @@ class _LanguageModel:
         self.identifier = identifier
         self.index = {lang: i for i, lang in enumerate(identifier.nb_classes)}
         self.features = int(identifier.nb_numfeats)
-        self._nextmove = identifier.tk_nextmove
         if identifier.tk_nextmove.itemsize != 2:
             raise ValueError("py3langid's automaton is not the one this reads (uint16 states)")
         self._nextmove_array = np.frombuffer(identifier.tk_nextmove, dtype=np.uint16)  # the model's own, 4.6 MB
@@ -314,8 +314,8 @@ class _LanguageModel:
         scan goes through. Its patterns are byte n-grams of at most 4 bytes, so the state after a
         byte is the one the automaton reaches from its start on the last 4 bytes (the longest of
         their suffixes that begins a pattern): four vectorised steps instead of a loop. The text
-        is read after three bytes that leave the automaton at its start (0xFF is in no pattern),
-        so the first bytes have their 4 too."""
+        is read after three bytes that leave the automaton at its start (0xFF, which begins no
+        pattern), so the first bytes have their 4 too."""
         data = self._padding + text.encode("utf8", errors="surrogatepass")
         n = len(data) - 3
         table = self._nextmove_array
