@@ -93,6 +93,9 @@ def test_the_character_sets_are_complete() -> None:
         assert (c in filters._SYMBOL.chars) == (filters._is_symbol(c) and not c.isspace())
         assert (c in filters._DIGIT.chars) == c.isdecimal()
         assert not (c.isspace() and filters._is_symbol(c))
+        kind = 1 if c.isspace() else 2 if filters._is_symbol(c) else 3 if c.isdecimal() else 0
+        assert filters._CLASS[code] == kind
+    assert filters._CLASS[0x20000] == 0  # what every code point from U+20000 on is counted as
 
 
 def _random_texts(seed: int, count: int) -> list[str]:

@@ -47,7 +47,7 @@ def tokens(text: str) -> list[str]:
 # out once. Keyed by the text object itself; a text object is immutable, so what is kept for it
 # stays true.
 _last_tokens: tuple[str, list[str]] = ("", [])
-_last_counts: tuple[str, dict[int, int]] = ("", {})
+_last_counts: tuple[str, tuple[int, int, int]] = ("", (0, 0, 0))
 
 
 def _tokens(text: str) -> list[str]:
@@ -119,35 +119,52 @@ def _char_sets() -> tuple[_CharSet, _CharSet, _CharSet, _CharSet]:
 _SPACE, _SYMBOL, _DIGIT, _SPACE_OR_SYMBOL = _char_sets()
 
 
-def _count(chars: _CharSet, text: str) -> int:
-    """``chars.count(text)``, kept for the last text."""
+# Each code point's class, for counting all three in one pass over a text that is not ASCII:
+# 1 whitespace, 2 punctuation or symbol, 3 decimal digit (no character is two of these), 0 other;
+# the last entry stands for everything from U+20000 on.
+def _class_table() -> np.ndarray:
+    table = np.zeros(0x20001, dtype=np.uint8)
+    for kind, chars in enumerate((_SPACE, _SYMBOL, _DIGIT), start=1):
+        table[[ord(c) for c in chars.chars]] = kind
+    return table
+
+
+_CLASS = _class_table()
+
+
+def _counts(text: str) -> tuple[int, int, int]:
+    """Whitespace, punctuation-or-symbol and decimal-digit characters in the text (kept for the
+    last text: the two ratio filters run one after the other)."""
     global _last_counts
     last, counts = _last_counts
     if last is not text:
-        counts = {}
+        if text.isascii():
+            counts = (_SPACE.count(text), _SYMBOL.count(text), _DIGIT.count(text))
+        else:
+            codes = np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype=np.uint32)
+            found = np.bincount(_CLASS[np.minimum(codes, 0x20000)], minlength=4)
+            counts = (int(found[1]), int(found[2]), int(found[3]))
         _last_counts = (text, counts)
-    found = counts.get(id(chars))
-    if found is None:
-        found = counts[id(chars)] = chars.count(text)
-    return found
+    return counts
 
 
-def _ratio(text: str, counted: _CharSet) -> float:
-    """``counted`` characters among those that are not whitespace (none is whitespace)."""
-    chars = len(text) - _count(_SPACE, text)
-    return round(_count(counted, text) / chars, 6) if chars else 0.0
+def _ratio(text: str, counted: int) -> float:
+    """Characters of class ``counted`` (``_counts``' index) among those that are not whitespace."""
+    counts = _counts(text)
+    chars = len(text) - counts[0]
+    return round(counts[counted] / chars, 6) if chars else 0.0
 
 
 def symbol_ratio(text: str, limit: float) -> Verdict:
     """The share of punctuation and symbols (Unicode categories P* and S*) among the characters
     that are not whitespace, at most ``limit``."""
-    measured = _ratio(text, _SYMBOL)
+    measured = _ratio(text, 1)
     return Verdict(measured <= limit, measured, limit)
 
 
 def digit_ratio(text: str, limit: float) -> Verdict:
     """The share of decimal digits among the characters that are not whitespace, at most ``limit``."""
-    measured = _ratio(text, _DIGIT)
+    measured = _ratio(text, 2)
     return Verdict(measured <= limit, measured, limit)
 
 
