@@ -201,7 +201,10 @@ def clean_text(text: str, masker: PiiMasker | None = None) -> CleanedText:
     return default_pipeline().transform(text, masker)
 
 
+_DEFAULT_WEIGHTS = DEFAULT_RATIOS.weights()
+
+
 def split_for(record_id: str) -> Split:
     """The split a record is given when it is cleaned: ``sha256(record_id) % 10``, 8 train, 1 val,
     1 test. A dataset version cut with the default split spec (8:1:1 by hash) gives the same."""
-    return split_by_hash(record_id, DEFAULT_RATIOS.weights())
+    return split_by_hash(record_id, _DEFAULT_WEIGHTS)

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lmforge.common.db import Database, OutboxRelay, as_utc, insert_ignoring_conflicts, lock_names
-from lmforge.common.events import CleanedRecordV2, Event, RawRecordV1, RecordErasedV1, Topic, content_hash
+from lmforge.common.events import CleanedRecordV2, Event, RawRecordV1, RecordErasedV1, Split, Topic, content_hash
 from lmforge.common.kafka import BatchItem, InboundMessage
 from lmforge.common.telemetry import get_logger
 
@@ -60,6 +60,7 @@ class _Raw:
     outcome: Outcome
     digest: str
     fingerprint: Fingerprint | None
+    split: Split
 
 
 @dataclass(eq=False)
@@ -146,7 +147,7 @@ class RawRecordHandler:
             outcome = self.pipeline.run(raw.text)
             keep = bool(outcome.text) and outcome.dropped is None
             fingerprint = self.near_dups.fingerprint(outcome.text) if self.near_dups is not None and keep else None
-        return _Raw(item, event.id, raw, outcome, content_hash(outcome.text), fingerprint)
+        return _Raw(item, event.id, raw, outcome, content_hash(outcome.text), fingerprint, split_for(raw.record_id))
 
     async def _handle_raw(self, batch: list[_Raw]) -> None:
         if not batch:
@@ -297,7 +298,7 @@ class RawRecordHandler:
             "label": raw.label,
             "metadata": raw.metadata,
             "masked_entities": r.outcome.masked,
-            "split": split_for(raw.record_id).value,
+            "split": r.split.value,
             "source_partition": msg.partition,
             "source_offset": msg.offset,
             "created_at": now,
@@ -363,7 +364,7 @@ class RawRecordHandler:
             text=outcome.text,
             content_hash=r.digest,
             raw_content_hash=raw.content_hash,
-            split=split_for(raw.record_id),
+            split=r.split,
             label=raw.label,
             metadata=raw.metadata,
             masked_entities=outcome.masked,
