@@ -9,6 +9,7 @@ and is passed on to ``cleaned-data`` (docs/curation.md, "Erasure").
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,6 +43,9 @@ def _before(column: Any, at: datetime) -> Any:
 # A batch decided against a view another transaction changed before it wrote (a concurrent
 # replica kept one of its duplicates first) is decided again, this many times at most.
 DECISION_ATTEMPTS = 10
+# Raw texts whose recipe outcome and signature are kept for reuse (exact copies are common).
+RECENT_TEXTS = 4_096
+RECENT_TEXT_CHARS = 4_096  # longer texts are not kept: the memory stays bounded (tens of MB)
 # Rows per multi-row statement at most: drivers cap the parameters of one statement (asyncpg 32,767).
 LOOKUP_CHUNK = 1_000
 
@@ -120,6 +124,7 @@ class RawRecordHandler:
         self.pipeline = pipeline or default_pipeline()
         self.recipe_hash = self.pipeline.recipe.hash
         self.near_dups = near_dups
+        self._recent: OrderedDict[str, tuple[Outcome, Fingerprint | None]] = OrderedDict()
 
     async def __call__(self, msg: InboundMessage) -> None:
         await self.handle_batch([BatchItem(msg, trace.get_current_span())])
@@ -141,12 +146,23 @@ class RawRecordHandler:
         await self._handle_raw(run)
 
     def _prepare(self, item: BatchItem, event: Event[Any]) -> _Raw:
-        """The recipe and the signature: the work of one record that needs no database."""
+        """The recipe and the signature: the work of one record that needs no database. Both are
+        pure functions of the text, so a text seen among the last ``RECENT_TEXTS`` (an exact copy,
+        a resubmission) reuses them."""
         raw: RawRecordV1 = event.data
-        with trace.use_span(item.span, end_on_exit=False):
-            outcome = self.pipeline.run(raw.text)
-            keep = bool(outcome.text) and outcome.dropped is None
-            fingerprint = self.near_dups.fingerprint(outcome.text) if self.near_dups is not None and keep else None
+        recent = self._recent.get(raw.text)
+        if recent is not None:
+            self._recent.move_to_end(raw.text)
+            outcome, fingerprint = recent
+        else:
+            with trace.use_span(item.span, end_on_exit=False):
+                outcome = self.pipeline.run(raw.text)
+                keep = bool(outcome.text) and outcome.dropped is None
+                fingerprint = self.near_dups.fingerprint(outcome.text) if self.near_dups is not None and keep else None
+            if len(raw.text) <= RECENT_TEXT_CHARS:
+                self._recent[raw.text] = (outcome, fingerprint)
+                if len(self._recent) > RECENT_TEXTS:
+                    self._recent.popitem(last=False)
         return _Raw(item, event.id, raw, outcome, content_hash(outcome.text), fingerprint, split_for(raw.record_id))
 
     async def _handle_raw(self, batch: list[_Raw]) -> None:
