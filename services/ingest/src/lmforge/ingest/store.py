@@ -115,29 +115,23 @@ class RawRecordStore:
             for values in rows:
                 values["ingested_at"] = now
             await session.execute(insert_ignoring_conflicts(self.db.dialect, t, rows))
-            keys = {(r["source"], r["source_id"], r["revision_hash"]) for r in rows}
+            keys = [(r["source"], r["source_id"], r["revision_hash"]) for r in rows]  # a revision's identity
             # One IN over record ids (not an OR per record: SQLite caps expression depth at 1000).
             candidates = (
                 await session.execute(select(t).where(t.c.record_id.in_({r["record_id"] for r in rows})))
             ).all()
-        stored = [c for c in candidates if (c.source, c.source_id, c.revision_hash) in keys]
-        by_key = {(s.source, s.source_id, s.revision_hash): s for s in stored}
-        pending = {s.id: s for s in stored if s.published_at is None}
+        wanted = set(keys)
+        by_key = {key: c for c in candidates if (key := (c.source, c.source_id, c.revision_hash)) in wanted}
+        pending = {s.id: (s, key) for key, s in by_key.items() if s.published_at is None}
         if pending:
-            context_of = (
-                {(r["source"], r["source_id"], r["revision_hash"]): c for r, c in zip(rows, contexts, strict=True)}
-                if contexts is not None
-                else None
-            )
+            context_of = dict(zip(keys, contexts, strict=True)) if contexts is not None else None
             await self._publish(
-                list(pending.values()),
-                [context_of[(s.source, s.source_id, s.revision_hash)] for s in pending.values()]
-                if context_of
-                else None,
+                [s for s, _ in pending.values()],
+                [context_of[key] for _, key in pending.values()] if context_of is not None else None,
             )
         results = []
-        for r in rows:
-            row = by_key[(r["source"], r["source_id"], r["revision_hash"])]
+        for key in keys:
+            row = by_key[key]
             status: Literal["accepted", "duplicate"] = "accepted" if row.id in pending else "duplicate"
             results.append(IngestResult(row.record_id, status, row.event_id))
         return results

@@ -20,7 +20,7 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from lmforge.common.db import Database, OutboxRelay, as_utc, insert_ignoring_conflicts, lock_names
+from lmforge.common.db import Database, OutboxRelay, as_utc, chunks, insert_ignoring_conflicts, lock_names
 from lmforge.common.events import CleanedRecordV2, Event, RawRecordV1, RecordErasedV1, Split, Topic, content_hash
 from lmforge.common.kafka import BatchItem, InboundMessage
 from lmforge.common.telemetry import get_logger
@@ -46,8 +46,6 @@ DECISION_ATTEMPTS = 10
 # Raw texts whose recipe outcome and signature are kept for reuse (exact copies are common).
 RECENT_TEXTS = 4_096
 RECENT_TEXT_CHARS = 4_096  # longer texts are not kept: the memory stays bounded (tens of MB)
-# Rows per multi-row statement at most: drivers cap the parameters of one statement (asyncpg 32,767).
-LOOKUP_CHUNK = 1_000
 
 
 class _BandTaken(Exception):
@@ -208,11 +206,9 @@ class RawRecordHandler:
         """The records not erased after their copy was ingested (a late delivery is ignored)."""
         record_ids = sorted({r.raw.record_id for r in batch})
         erased: dict[str, list[datetime]] = {}
-        for i in range(0, len(record_ids), LOOKUP_CHUNK):
+        for some in chunks(record_ids):
             rows = await session.execute(
-                select(erasures.c.record_id, erasures.c.requested_at).where(
-                    erasures.c.record_id.in_(record_ids[i : i + LOOKUP_CHUNK])
-                )
+                select(erasures.c.record_id, erasures.c.requested_at).where(erasures.c.record_id.in_(some))
             )
             for record_id, requested_at in rows:
                 erased.setdefault(record_id, []).append(as_utc(requested_at))
@@ -232,21 +228,19 @@ class RawRecordHandler:
         t = cleaned_records
         digests = sorted({r.digest for r in batch})
         by_hash: dict[str, _Row] = {}
-        for i in range(0, len(digests), LOOKUP_CHUNK):
+        for some in chunks(digests):
             rows = await session.execute(
                 select(t.c.id, t.c.record_id, t.c.label, t.c.metadata, t.c.content_hash).where(
-                    t.c.content_hash.in_(digests[i : i + LOOKUP_CHUNK])
+                    t.c.content_hash.in_(some)
                 )
             )
             for row in rows:
                 by_hash[row.content_hash] = _Row(row.record_id, row.label, row.metadata, id=row.id)
         record_ids = sorted({r.raw.record_id for r in batch})
         newest: dict[str, _Row | int] = {}
-        for i in range(0, len(record_ids), LOOKUP_CHUNK):
+        for some in chunks(record_ids):
             tops = await session.execute(
-                select(t.c.record_id, func.max(t.c.id))
-                .where(t.c.record_id.in_(record_ids[i : i + LOOKUP_CHUNK]))
-                .group_by(t.c.record_id)
+                select(t.c.record_id, func.max(t.c.id)).where(t.c.record_id.in_(some)).group_by(t.c.record_id)
             )
             newest.update({record_id: int(top) for record_id, top in tops})
         return by_hash, newest

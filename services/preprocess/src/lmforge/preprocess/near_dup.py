@@ -19,7 +19,7 @@ from datasketch import MinHash
 from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from lmforge.common.db import Database, insert_ignoring_conflicts
+from lmforge.common.db import IN_LIST_LIMIT, Database, chunks, insert_ignoring_conflicts
 from lmforge.common.telemetry import get_logger
 
 from .models import cleaned_records, near_dup_bands, near_dup_state
@@ -32,8 +32,6 @@ SEED = 1
 SCHEME = "affine32"  # pinned, so a datasketch upgrade cannot silently change every signature
 RECALL_AT_THRESHOLD = 0.95
 OPERATOR = "minhash_lsh"
-BAND_ROWS_PER_INSERT = 5_000
-LOOKUP_PARAMETERS = 5_000
 
 BandKey = tuple[int, int]
 
@@ -222,12 +220,8 @@ class NearDuplicateIndex:
                         signature = self.fingerprint(row.text).signature
                         await session.execute(update(t).where(t.c.id == row.id).values(minhash=signature))
                     bands += [{"band": b, "band_hash": h, "cleaned_id": row.id} for b, h in self.band_keys(signature)]
-                # The first kept record owns a band row: pages go in id order, and so do rows in a
-                # page. At most BAND_ROWS_PER_INSERT rows a statement: three parameters a row, and
-                # PostgreSQL (asyncpg) takes at most 32,767 parameters in one statement.
-                for i in range(0, len(bands), BAND_ROWS_PER_INSERT):
-                    chunk = bands[i : i + BAND_ROWS_PER_INSERT]
-                    await session.execute(insert_ignoring_conflicts(db.dialect, near_dup_bands, chunk))
+                # The first kept record owns a band row: pages go in id order, and so do rows in a page.
+                await self.insert_bands(session, bands)
                 indexed += len(rows)
                 last = rows[-1].id
             await session.execute(
@@ -247,17 +241,17 @@ class NearDuplicateIndex:
         b = near_dup_bands.c
         # One term per band, ``band = ? AND band_hash IN (...)``, OR-ed: each hash a lookup in the
         # primary key. (A row-value IN, ``(band, band_hash) IN (...)``, makes SQLite scan the whole
-        # index.) At most LOOKUP_PARAMETERS parameters a statement: drivers cap them.
+        # index.) At most IN_LIST_LIMIT parameters a statement: drivers cap them.
         by_band: dict[int, list[int]] = {}
         for band, band_hash in sorted(keys):
             by_band.setdefault(band, []).append(band_hash)
         terms: list[tuple[int, list[int]]] = []
         for band, hashes in by_band.items():
-            terms += [(band, hashes[i : i + LOOKUP_PARAMETERS]) for i in range(0, len(hashes), LOOKUP_PARAMETERS)]
+            terms += [(band, list(some)) for some in chunks(hashes)]
         groups: list[list[tuple[int, list[int]]]] = []
         size = 0
         for band, hashes in terms:
-            if not groups or size + len(hashes) + 1 > LOOKUP_PARAMETERS:
+            if not groups or size + len(hashes) + 1 > IN_LIST_LIMIT:
                 groups.append([])
                 size = 0
             groups[-1].append((band, hashes))
@@ -269,10 +263,8 @@ class NearDuplicateIndex:
         t = cleaned_records
         candidates: dict[int, Candidate] = {}
         ids = sorted(set(owners.values()))
-        for i in range(0, len(ids), LOOKUP_PARAMETERS):
-            rows = await session.execute(
-                select(t.c.id, t.c.record_id, t.c.text).where(t.c.id.in_(ids[i : i + LOOKUP_PARAMETERS]))
-            )
+        for some in chunks(ids):
+            rows = await session.execute(select(t.c.id, t.c.record_id, t.c.text).where(t.c.id.in_(some)))
             for row in rows:
                 candidates[row.id] = Candidate(row.id, row.id, row.record_id, text=row.text)
         return IndexView(self, {key: candidates[cid] for key, cid in owners.items() if cid in candidates})
@@ -290,12 +282,10 @@ class NearDuplicateIndex:
         decides its records again, and a new view sees that transaction's records."""
         if not rows:
             return 0
-        stmt = insert_ignoring_conflicts(session.get_bind().dialect.name, near_dup_bands)
-        inserted = 0
-        for i in range(0, len(rows), BAND_ROWS_PER_INSERT):
-            result = await session.execute(stmt.returning(near_dup_bands.c.band), rows[i : i + BAND_ROWS_PER_INSERT])
-            inserted += len(result.all())
-        return inserted
+        stmt = insert_ignoring_conflicts(session.get_bind().dialect.name, near_dup_bands).returning(
+            near_dup_bands.c.band
+        )
+        return len((await session.execute(stmt, rows)).all())  # sent in pages that fit the driver
 
 
 async def mark_index_stale(db: Database) -> None:

@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any, overload
+from typing import Any, TypeVar, overload
 
 from sqlalchemy import Table, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.dml import Insert
+
+T = TypeVar("T")
+
+# Values bound in one ``IN (...)`` list at most: drivers cap the parameters of one statement
+# (asyncpg 32,767; SQLite 32,766). Multi-row inserts need no cap of their own: passed as
+# ``session.execute(stmt, rows)``, SQLAlchemy sends them in pages ("insertmanyvalues").
+IN_LIST_LIMIT = 5_000
+
+
+def chunks(values: Sequence[T], size: int = IN_LIST_LIMIT) -> Iterator[Sequence[T]]:
+    """``values`` in consecutive slices of at most ``size``: one ``IN`` list each."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
 
 
 def insert_ignoring_conflicts(
